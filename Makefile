@@ -1,0 +1,25 @@
+# The two commands of the README:
+#   make demo   set up .venv (pinned) and run the main job
+#   make test   set up .venv if needed and run the whole test suite
+VENV    := .venv
+PYTHON  := $(VENV)/bin/python
+STAMP   := $(VENV)/.pocketseg-installed
+
+.PHONY: setup demo test lint
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/pocketseg demo
+
+test: setup
+	$(PYTHON) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .

@@ -1,0 +1,5 @@
+import sys
+
+from pocketseg_core.cli import main
+
+sys.exit(main())

@@ -1,0 +1,460 @@
+"""Model bundles: a network's config, its weights and their checksum, in one folder.
+
+A bundle is a folder holding
+
+- ``bundle.json``: the :class:`BundleConfig` as JSON, including ``weights_sha256``;
+- ``weights.pt``: a plain ``state_dict`` saved with ``torch.save``.
+
+Loading verifies the SHA-256 of ``weights.pt`` *before* handing the bytes to torch, and loads
+them with ``torch.load(weights_only=True)``, so a corrupt, truncated or tampered file is a
+:class:`~pocketseg_core.errors.BundleError` naming the file, never a traceback from deep inside
+torch, and never arbitrary code execution.
+
+Bundles are found by path, by name in one of two catalogs, or by task alias:
+
+- the shipped catalog, ``pocketseg_core/models/catalog.json`` (bundles inside the package);
+- the user catalog, a folder (default ``~/.pocketseg/models``, or ``$POCKETSEG_MODELS_DIR``)
+  whose sub-folders are bundles; :func:`register_bundle` copies a trained bundle there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pocketseg_core.errors import BundleError
+
+BUNDLE_FORMAT_VERSION = 1
+CONFIG_FILE = "bundle.json"
+WEIGHTS_FILE = "weights.pt"
+SHIPPED_CATALOG = Path(__file__).resolve().parent / "models" / "catalog.json"
+MODELS_DIR_ENV = "POCKETSEG_MODELS_DIR"
+
+MODALITIES = ("MR", "CT")
+WINDOW_MODES = ("patch3d", "slab", "slice2d")
+PREPROCESSING_KINDS = ("mr_zscore", "ct_window")
+
+#: SNOMED-CT codes used for the labels of the shipped tasks (DICOM terminology triplets).
+SNOMED_ANATOMICAL_STRUCTURE = {
+    "CodingSchemeDesignator": "SCT",
+    "CodeValue": "123037004",
+    "CodeMeaning": "Anatomical Structure",
+}
+SNOMED_BRAIN = {"CodingSchemeDesignator": "SCT", "CodeValue": "12738006", "CodeMeaning": "Brain"}
+SNOMED_LIVER = {"CodingSchemeDesignator": "SCT", "CodeValue": "10200004", "CodeMeaning": "Liver"}
+
+
+def terminology_for(structure: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """A label's terminology entry: category "Anatomical Structure" and the structure's type."""
+    return {"category": dict(SNOMED_ANATOMICAL_STRUCTURE), "type": dict(structure)}
+
+
+@dataclass
+class LabelInfo:
+    """One output label of a model: its value in the mask, and how to show it."""
+
+    value: int
+    name: str
+    color: tuple[float, float, float]  # r, g, b in [0, 1]
+    terminology: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "name": self.name,
+            "color": list(self.color),
+            "terminology": self.terminology,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "label") -> LabelInfo:
+        try:
+            value = int(data["value"])
+            name = str(data["name"])
+            color = tuple(float(c) for c in data.get("color", (1.0, 1.0, 0.0)))
+        except (KeyError, TypeError, ValueError) as error:
+            raise BundleError(f"{where}: needs integer 'value', 'name' and 'color' [r, g, b] ({error})") from None
+        if value < 1 or value > 255:
+            raise BundleError(f"{where}: value {value} must be between 1 and 255 (0 is background)")
+        if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
+            raise BundleError(f"{where}: color must be three numbers between 0 and 1, got {list(color)}")
+        return cls(value=value, name=name, color=color, terminology=dict(data.get("terminology", {})))
+
+
+@dataclass
+class BundleConfig:
+    """Everything inference needs to know about a model besides its weights.
+
+    Spacings are in mm in SimpleITK's ``(x, y, z)`` order; the window size is in torch's
+    ``(z, y, x)`` order (the order of the network's spatial dimensions), where 0 means "the
+    whole extent of the image along that axis" (e.g. ``[5, 0, 0]``: 5-slice slabs of whole
+    slices, as in PocketNet section 3).
+    """
+
+    name: str
+    network: str
+    modality: str
+    labels: list[LabelInfo]
+    spacing: tuple[float, float, float]
+    window_mode: str = "patch3d"
+    window_size_zyx: tuple[int, int, int] = (96, 96, 96)
+    network_args: dict[str, Any] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=lambda: {"kind": "mr_zscore"})
+    fast_spacing: tuple[float, float, float] | None = None
+    orientation: str = "LPS"
+    title: str = ""
+    version: str = "0.0.0"
+    description: str = ""
+    task: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str = ""
+    format_version: int = BUNDLE_FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        """Network output channels: background plus one per label value (values are 1..N)."""
+        return max(label.value for label in self.labels) + 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`BundleError` naming the first field that cannot be used."""
+        where = f"bundle '{self.name}'"
+        if not self.name or not isinstance(self.name, str):
+            raise BundleError("bundle config: 'name' must be a non-empty string")
+        if not self.network:
+            raise BundleError(f"{where}: 'network' must name a network of the registry (e.g. pocket_unet3d)")
+        if self.modality not in MODALITIES:
+            raise BundleError(f"{where}: modality must be one of {MODALITIES}, got {self.modality!r}")
+        if self.window_mode not in WINDOW_MODES:
+            raise BundleError(f"{where}: window_mode must be one of {WINDOW_MODES}, got {self.window_mode!r}")
+        if not self.labels:
+            raise BundleError(f"{where}: 'labels' must list at least one label")
+        values = [label.value for label in self.labels]
+        if len(set(values)) != len(values):
+            raise BundleError(f"{where}: label values must be unique, got {values}")
+        self.spacing = _spacing(self.spacing, f"{where}: spacing")
+        if self.fast_spacing is not None:
+            self.fast_spacing = _spacing(self.fast_spacing, f"{where}: fast_spacing")
+        try:
+            size = tuple(int(s) for s in self.window_size_zyx)
+        except (TypeError, ValueError):
+            raise BundleError(f"{where}: window_size_zyx must be three integers") from None
+        if len(size) != 3 or any(s < 0 for s in size):
+            raise BundleError(f"{where}: window_size_zyx must be three integers >= 0 (0 = whole axis), got {size}")
+        if self.window_mode == "slice2d":
+            size = (1, size[1], size[2])
+        elif size[0] == 0:
+            raise BundleError(f"{where}: window_size_zyx[0] (slices per window) must be > 0 for {self.window_mode}")
+        self.window_size_zyx = size
+        kind = self.preprocessing.get("kind") if isinstance(self.preprocessing, Mapping) else None
+        if kind not in PREPROCESSING_KINDS:
+            raise BundleError(f"{where}: preprocessing.kind must be one of {PREPROCESSING_KINDS}, got {kind!r}")
+        if kind == "ct_window":
+            window = self.preprocessing.get("window")
+            if not (isinstance(window, list | tuple) and len(window) == 2 and float(window[0]) < float(window[1])):
+                raise BundleError(f"{where}: ct_window preprocessing needs 'window': [low, high] in HU, low < high")
+        if self.orientation not in ("LPS", "RAS"):
+            raise BundleError(f"{where}: orientation must be 'LPS' or 'RAS', got {self.orientation!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["labels"] = [label.to_dict() for label in self.labels]
+        data["spacing"] = list(self.spacing)
+        data["fast_spacing"] = list(self.fast_spacing) if self.fast_spacing else None
+        data["window_size_zyx"] = list(self.window_size_zyx)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "bundle.json") -> BundleConfig:
+        if not isinstance(data, Mapping):
+            raise BundleError(f"{source}: expected a JSON object")
+        version = int(data.get("format_version", BUNDLE_FORMAT_VERSION))
+        if version > BUNDLE_FORMAT_VERSION:
+            raise BundleError(
+                f"{source}: bundle format {version} is newer than this PocketSeg understands "
+                f"({BUNDLE_FORMAT_VERSION}); update PocketSeg"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BundleError(f"{source}: unknown keys {unknown}; known keys are {sorted(known)}")
+        missing = [k for k in ("name", "network", "modality", "labels", "spacing") if k not in data]
+        if missing:
+            raise BundleError(f"{source}: missing required keys {missing}")
+        values = dict(data)
+        labels = values.get("labels")
+        if not isinstance(labels, list):
+            raise BundleError(f"{source}: 'labels' must be a list")
+        values["labels"] = [LabelInfo.from_dict(item, f"{source}: labels[{i}]") for i, item in enumerate(labels)]
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise BundleError(f"{source}: {error}") from None
+
+
+def _spacing(value: Any, where: str) -> tuple[float, float, float]:
+    try:
+        spacing = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise BundleError(f"{where} must be three numbers in mm (x, y, z)") from None
+    if len(spacing) != 3 or not all(v > 0 for v in spacing):
+        raise BundleError(f"{where} must be three positive numbers in mm (x, y, z), got {list(spacing)}")
+    return spacing
+
+
+@dataclass
+class ModelBundle:
+    """A loaded bundle: its config, the verified state dict, and the folder it came from."""
+
+    config: BundleConfig
+    state_dict: dict[str, Any]
+    path: Path | None = None
+
+    def build_network(self, device: Any = "cpu"):
+        """The network of the config with the bundle's weights, on ``device``, in eval mode."""
+        from pocketseg_core.networks import create_network
+
+        try:
+            network = create_network(self.config.network, **self.config.network_args)
+        except Exception as error:  # the registry's own message names the argument
+            raise BundleError(f"{self._where()}: cannot build network '{self.config.network}': {error}") from None
+        try:
+            network.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[:3]
+            raise BundleError(
+                f"{self._where()}: the weights do not fit network '{self.config.network}' with "
+                f"arguments {self.config.network_args} ({' '.join(first)}); the bundle was saved "
+                "from another network configuration: re-export it or fix network_args in bundle.json"
+            ) from None
+        return network.to(device).eval()
+
+    def _where(self) -> str:
+        return f"bundle '{self.config.name}'" + (f" at {self.path}" if self.path else "")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_bundle(folder: str | os.PathLike, config: BundleConfig, state_dict: Mapping[str, Any]) -> Path:
+    """Write a bundle folder atomically and return its path.
+
+    The files go to a temporary sibling folder first, which then replaces ``folder`` (an
+    existing bundle is replaced only once the new one is complete). ``config.weights_sha256`` is
+    set from the written weights.
+    """
+    import torch
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        weights = {k: v.detach().cpu().clone() if hasattr(v, "detach") else v for k, v in state_dict.items()}
+        torch.save(weights, temp / WEIGHTS_FILE)
+        config.weights_sha256 = sha256_of(temp / WEIGHTS_FILE)
+        config.validate()
+        (temp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+            os.replace(folder, old / "bundle")
+            os.replace(temp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temp, folder)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> BundleConfig:
+    """The config of a bundle folder (weights not read)."""
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise BundleError(f"{folder} is not a model bundle: {CONFIG_FILE} is missing")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{config_path} is not valid JSON ({error}); restore or re-export the bundle") from None
+    return BundleConfig.from_dict(data, source=str(config_path))
+
+
+def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
+    """Load a bundle by folder path, catalog name or task alias (``skullstrip``, ``liver``).
+
+    The checksum of ``weights.pt`` is checked before torch reads a byte of it.
+    """
+    import torch
+
+    folder = resolve_bundle(name_or_path)
+    config = read_config(folder)
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise BundleError(f"{weights_path} is missing; the bundle is incomplete: re-export or re-install it")
+    if not config.weights_sha256:
+        raise BundleError(f"{folder / CONFIG_FILE} has no weights_sha256; re-save the bundle with save_bundle")
+    data = weights_path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != config.weights_sha256:
+        raise BundleError(
+            f"{weights_path} fails its checksum (sha256 {actual[:12]}..., expected "
+            f"{config.weights_sha256[:12]}...): the file is corrupt, truncated or was replaced; "
+            "re-install or re-train the model"
+        )
+    try:
+        state_dict = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as error:
+        raise BundleError(
+            f"{weights_path} cannot be read as PyTorch weights ({type(error).__name__}); "
+            "it must be a plain state_dict saved with torch.save: re-export the bundle"
+        ) from None
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
+        raise BundleError(f"{weights_path} does not hold a state_dict (a dict of tensors); re-export the bundle")
+    return ModelBundle(config=config, state_dict=state_dict, path=folder)
+
+
+# --- catalogs -------------------------------------------------------------------------------
+
+
+def user_models_dir() -> Path:
+    """The user catalog folder: ``$POCKETSEG_MODELS_DIR`` or ``~/.pocketseg/models``."""
+    configured = os.environ.get(MODELS_DIR_ENV)
+    return Path(configured).expanduser() if configured else Path.home() / ".pocketseg" / "models"
+
+
+@dataclass
+class CatalogEntry:
+    """One bundle a catalog offers."""
+
+    name: str
+    path: Path
+    task: str | None
+    title: str
+    modality: str
+    source: str  # "shipped" or "user"
+    version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+def _shipped_entries() -> list[CatalogEntry]:
+    if not SHIPPED_CATALOG.is_file():
+        return []
+    try:
+        catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise BundleError(f"the shipped model catalog {SHIPPED_CATALOG} is unreadable ({error}); reinstall") from None
+    entries = []
+    for item in catalog.get("bundles", []):
+        path = SHIPPED_CATALOG.parent / item["path"]
+        entries.append(
+            CatalogEntry(
+                name=item["name"],
+                path=path,
+                task=item.get("task"),
+                title=item.get("title", item["name"]),
+                modality=item.get("modality", ""),
+                source="shipped",
+                version=str(item.get("version", "")),
+            )
+        )
+    return entries
+
+
+def _user_entries() -> list[CatalogEntry]:
+    folder = user_models_dir()
+    if not folder.is_dir():
+        return []
+    entries = []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith(".") or not (child / CONFIG_FILE).is_file():
+            continue
+        try:
+            config = read_config(child)
+        except BundleError:
+            continue  # a broken user bundle must not hide the others; loading it by path says why
+        entries.append(
+            CatalogEntry(
+                name=config.name,
+                path=child,
+                task=config.task,
+                title=config.title or config.name,
+                modality=config.modality,
+                source="user",
+                version=config.version,
+            )
+        )
+    return entries
+
+
+def list_bundles() -> list[CatalogEntry]:
+    """Every bundle on offer: the shipped ones first, then the user's (newest registrations win names)."""
+    return _shipped_entries() + _user_entries()
+
+
+def register_bundle(path: str | os.PathLike, name: str | None = None) -> Path:
+    """Copy a bundle into the user catalog (verifying it first) and return its new folder."""
+    source = Path(path)
+    bundle = load_bundle(source)  # refuses a corrupt bundle before it enters the catalog
+    target = user_models_dir() / (name or bundle.config.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.resolve() == source.resolve():
+        return target
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        shutil.copy2(source / CONFIG_FILE, temp / CONFIG_FILE)
+        shutil.copy2(source / WEIGHTS_FILE, temp / WEIGHTS_FILE)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_bundle(name_or_path: str | os.PathLike) -> Path:
+    """The folder of a bundle given a path, a catalog name, or a task alias."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_dir():
+        return candidate
+    if candidate.name == CONFIG_FILE and candidate.is_file():
+        return candidate.parent
+    text = str(name_or_path)
+    entries = list_bundles()
+    # User bundles override shipped ones of the same name or task: the user trained them on purpose.
+    for entry in reversed(entries):
+        if entry.name == text:
+            return entry.path
+    for entry in reversed(entries):
+        if entry.task == text:
+            return entry.path
+    if text in ("skullstrip", "liver"):
+        raise BundleError(
+            f"no model for task {text} is installed; train one with pocketseg train "
+            f"(and register it) or pass --model PATH to a bundle folder"
+        )
+    if os.sep in text or text.startswith("."):
+        raise BundleError(f"model bundle folder {text} does not exist")
+    names = sorted({e.name for e in entries}) or ["(none installed)"]
+    raise BundleError(f"unknown model '{text}': not a bundle folder nor a catalog name; available: {', '.join(names)}")

@@ -14,6 +14,10 @@ class InputImageError(PocketSegError):
     """An image or label file cannot be used: missing, unreadable, not 3D, empty, NaN ..."""
 
 
+class ImageWriteError(PocketSegError):
+    """An image cannot be written where asked (folder missing or read-only, bad name, disk full)."""
+
+
 class GridMismatchError(PocketSegError):
     """Two images that must share a voxel grid do not."""
 

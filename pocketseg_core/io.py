@@ -1,0 +1,307 @@
+"""Reading and writing 3D images with SimpleITK, atomic writes, and input validation.
+
+Every image PocketSeg touches enters through :func:`read_image` and leaves through
+:func:`write_image`. Geometry (size, spacing, origin, direction) always travels with the
+``SimpleITK.Image``; arrays taken from it are ``(z, y, x)``.
+
+Checks happen where the problem can be named best:
+
+- :func:`read_image` refuses what can never be a volume: a missing or unreadable file, a 2D
+  image or a single slice, a 4D image with more than one volume, a vector image, zero voxels,
+  NaN or infinite voxels.
+- :func:`check_image_content` is what inference calls on top: it additionally refuses a
+  constant image (nothing to segment). Label files may legitimately be all zero (an empty
+  reference), so reading does not refuse constant images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from pocketseg_core.errors import GridMismatchError, ImageWriteError, InputImageError
+
+logger = logging.getLogger(__name__)
+
+#: file name endings PocketSeg reads and writes (DICOM is read as a folder of slices)
+IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: endings of detached-header formats whose header names a separate data file
+_DETACHED_HEADER_EXTENSIONS = (".nhdr", ".mhd")
+
+
+def image_extension(path: str | os.PathLike) -> str:
+    """The image-format ending of ``path`` (``.nii.gz`` counts as one), lower case, or ``""``."""
+    name = Path(path).name.lower()
+    for extension in IMAGE_EXTENSIONS:
+        if name.endswith(extension):
+            return extension
+    return ""
+
+
+def strip_image_extension(path: str | os.PathLike) -> str:
+    """The file name of ``path`` without its image ending: ``case_01.nii.gz`` -> ``case_01``."""
+    name = Path(path).name
+    extension = image_extension(name)
+    return name[: len(name) - len(extension)] if extension else name
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a regular file whose name ends in one of :data:`IMAGE_EXTENSIONS`."""
+    return Path(path).is_file() and bool(image_extension(path))
+
+
+def describe_image(image: sitk.Image) -> str:
+    """One line with size, spacing and pixel type, for messages: ``240x193x180 at 1x1x1 mm, uint8``."""
+    size = "x".join(str(s) for s in image.GetSize())
+    spacing = "x".join(f"{s:g}" for s in image.GetSpacing())
+    return f"{size} at {spacing} mm, {image.GetPixelIDTypeAsString()}"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | os.PathLike) -> sitk.Image:
+    """Read a 3D scalar image from a file or a DICOM series folder.
+
+    Args:
+        path: a ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` file, or a folder
+            holding a DICOM series (the largest series is read when there are several).
+
+    Returns:
+        The image, 3D, one component per voxel, geometry as stored in the file. A 4D image
+        holding a single volume is squeezed to 3D (its 3D geometry kept).
+
+    Raises:
+        InputImageError: missing or unreadable, 2D or a single slice, 4D with several volumes,
+            a vector/multi-component image, zero voxels, NaN or infinite voxels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputImageError(f"{path}: no such file or folder. Check the path.")
+    if path.is_dir():
+        image = _read_dicom_folder(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            raise InputImageError(
+                f"{path}: cannot be read as an image ({_first_line(error)}). "
+                f"PocketSeg reads NIfTI, NRRD, MHA/MHD files and DICOM series folders."
+            ) from error
+    image = _as_3d_scalar(image, path)
+    _check_finite_and_nonempty(image, str(path))
+    return image
+
+
+def check_image_content(image: sitk.Image, name: str = "image", allow_constant: bool = False) -> None:
+    """Refuse an image that cannot be segmented meaningfully.
+
+    Args:
+        image: the image to check (any dimension).
+        name: what to call it in the message (a file name, "input image", ...).
+        allow_constant: accept an image whose voxels all have one value (true for label
+            maps, where an empty reference is a legitimate case).
+
+    Raises:
+        InputImageError: zero voxels, NaN or infinite voxels, or (unless allowed) a constant image.
+    """
+    _check_finite_and_nonempty(image, name)
+    if allow_constant:
+        return
+    values = sitk.GetArrayViewFromImage(image)
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        raise InputImageError(
+            f"{name}: every voxel has the value {low:g}, so there is nothing to segment. "
+            f"Check that the right file was chosen and that it was exported correctly."
+        )
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    """The largest DICOM series in ``folder`` (sorted by slice position by GDCM)."""
+    try:
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as error:
+        raise InputImageError(f"{folder}: cannot list DICOM series ({_first_line(error)}).") from error
+    if not series_ids:
+        raise InputImageError(
+            f"{folder}: is a folder without a DICOM series. Give an image file "
+            f"({', '.join(IMAGE_EXTENSIONS)}) or a folder of DICOM slices."
+        )
+    files_per_series = {
+        series_id: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
+        for series_id in series_ids
+    }
+    chosen = max(series_ids, key=lambda series_id: len(files_per_series[series_id]))
+    if len(series_ids) > 1:
+        counts = ", ".join(f"{sid} ({len(files_per_series[sid])} files)" for sid in series_ids)
+        logger.warning(
+            "%s holds %d DICOM series: %s; reading the largest, %s.", folder, len(series_ids), counts, chosen
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files_per_series[chosen])
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise InputImageError(
+            f"{folder}: the DICOM series {chosen} cannot be read ({_first_line(error)})."
+        ) from error
+
+
+def _as_3d_scalar(image: sitk.Image, path: Path) -> sitk.Image:
+    """Squeeze a single-volume 4D image; refuse 2D, single slices, 4D series and vector images."""
+    size = image.GetSize()
+    shape = "x".join(str(s) for s in size)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError(
+            f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            f"(a vector or colour image, {shape}); PocketSeg needs a 3D scalar (grey-value) volume."
+        )
+    dimension = image.GetDimension()
+    if dimension == 2:
+        raise InputImageError(f"{path}: is a 2D image ({shape}); PocketSeg needs a 3D volume.")
+    if dimension == 4:
+        if size[3] != 1:
+            raise InputImageError(
+                f"{path}: is a 4D image ({shape}) with {size[3]} volumes; PocketSeg needs a single "
+                f"3D volume. Extract the volume you want (e.g. the first time point) and save it."
+            )
+        try:
+            # Extract with a zero size along the 4th axis collapses it, keeping 3D geometry.
+            image = sitk.Extract(image, [size[0], size[1], size[2], 0], [0, 0, 0, 0])
+        except RuntimeError as error:
+            raise InputImageError(
+                f"{path}: is a 4D image ({shape}) whose single volume cannot be extracted "
+                f"({_first_line(error)}); save it as a 3D volume."
+            ) from error
+        size = image.GetSize()
+    elif dimension != 3:
+        raise InputImageError(f"{path}: is a {dimension}D image ({shape}); PocketSeg needs a 3D volume.")
+    if 0 < min(size) < 2:
+        raise InputImageError(
+            f"{path}: is a single slice ({shape}); PocketSeg needs a 3D volume with several slices."
+        )
+    return image
+
+
+def _check_finite_and_nonempty(image: sitk.Image, name: str) -> None:
+    if image.GetNumberOfPixels() == 0:
+        shape = "x".join(str(s) for s in image.GetSize())
+        raise InputImageError(f"{name}: has no voxels (size {shape}); the file is empty or truncated.")
+    values = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(values.dtype, np.floating):
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise InputImageError(
+                f"{name}: has {bad} NaN or infinite voxel(s); PocketSeg needs finite values. "
+                f"Fix the export, or replace them (e.g. by 0) before segmenting."
+            )
+
+
+def _first_line(error: BaseException) -> str:
+    """The informative part of a (multi-line) ITK exception message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "description" in line.lower() or "error" in line.lower():
+            return line
+    return lines[-1] if lines else type(error).__name__
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write ``image`` to ``path`` atomically: a reader sees the old file or the new one, never half.
+
+    SimpleITK picks the writer from the ending, so the data is first written with the final
+    ending into a hidden temporary folder beside the target (same file system), then moved
+    into place with ``os.replace``. Detached-header formats (``.mhd``, ``.nhdr``) move their
+    data file first and the header last.
+
+    Args:
+        image: the image to write.
+        path: target file; the ending chooses the format (see :data:`IMAGE_EXTENSIONS`).
+        compress: compress the voxel data (lossless; small and fast for masks).
+
+    Returns:
+        The target path.
+
+    Raises:
+        ImageWriteError: unknown ending, missing or read-only folder, or any write failure;
+            nothing is left behind then.
+    """
+    target = Path(path)
+    extension = image_extension(target)
+    if not extension:
+        raise ImageWriteError(
+            f"{target}: unknown image ending; use one of {', '.join(IMAGE_EXTENSIONS)} (e.g. mask.nii.gz)."
+        )
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImageWriteError(
+            f"{target}: cannot write, the folder {folder} does not exist (or is not a folder). "
+            f"Create it or choose another output path."
+        )
+    if target.is_dir():
+        raise ImageWriteError(f"{target}: is a folder; give a file name such as {target / 'mask.nii.gz'}.")
+    try:
+        temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=folder))
+    except OSError as error:
+        raise ImageWriteError(
+            f"{target}: cannot write into {folder} ({error.strerror or error}). "
+            f"Choose a folder you can write to."
+        ) from error
+    try:
+        staged = temporary / target.name
+        try:
+            sitk.WriteImage(image, str(staged), compress)
+        except RuntimeError as error:
+            raise ImageWriteError(f"{target}: writing failed ({_first_line(error)}).") from error
+        produced = sorted(temporary.iterdir(), key=lambda p: p.name == target.name)  # header last
+        if extension in _DETACHED_HEADER_EXTENSIONS or len(produced) == 1:
+            for file in produced:
+                os.replace(file, folder / file.name)
+        else:  # pragma: no cover - a single-file format that produced several files
+            raise ImageWriteError(f"{target}: the writer produced unexpected files {produced}.")
+    except OSError as error:
+        raise ImageWriteError(
+            f"{target}: writing failed ({error.strerror or error}). Check free space and permissions."
+        ) from error
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def image_to_array(image: sitk.Image) -> np.ndarray:
+    """A copy of the voxels as an array of shape ``(z, y, x)`` (SimpleITK's order)."""
+    return sitk.GetArrayFromImage(image)
+
+
+def image_from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """An image holding ``array`` (shape ``(z, y, x)``) on exactly the grid of ``reference``.
+
+    Raises:
+        GridMismatchError: the array shape is not the reference's size reversed.
+    """
+    expected = tuple(reversed(reference.GetSize()))
+    if tuple(array.shape) != expected:
+        raise GridMismatchError(
+            f"array of shape {tuple(array.shape)} does not fit the reference grid "
+            f"{describe_image(reference)} (expected array shape {expected}, i.e. (z, y, x))."
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
+    image.CopyInformation(reference)
+    return image

@@ -82,12 +82,27 @@ class LabelInfo:
             name = str(data["name"])
             color = tuple(float(c) for c in data.get("color", (1.0, 1.0, 0.0)))
         except (KeyError, TypeError, ValueError) as error:
-            raise BundleError(f"{where}: needs integer 'value', 'name' and 'color' [r, g, b] ({error})") from None
+            raise BundleError(
+                f"{where}: needs integer 'value', 'name' and 'color' [r, g, b] ({error})"
+            ) from None
         if value < 1 or value > 255:
             raise BundleError(f"{where}: value {value} must be between 1 and 255 (0 is background)")
         if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
             raise BundleError(f"{where}: color must be three numbers between 0 and 1, got {list(color)}")
         return cls(value=value, name=name, color=color, terminology=dict(data.get("terminology", {})))
+
+
+def standard_label(task: str) -> LabelInfo:
+    """The label of a shipped task with its Slicer colour and SNOMED-CT terminology.
+
+    Colours are those of Slicer's general anatomy terminology (brain 250/250/225, liver
+    221/130/101, in 0-255).
+    """
+    if task == "skullstrip":
+        return LabelInfo(1, "Brain", (250 / 255, 250 / 255, 225 / 255), terminology_for(SNOMED_BRAIN))
+    if task == "liver":
+        return LabelInfo(1, "Liver", (221 / 255, 130 / 255, 101 / 255), terminology_for(SNOMED_LIVER))
+    raise BundleError(f"unknown task {task!r}; known tasks: skullstrip, liver")
 
 
 @dataclass
@@ -151,19 +166,29 @@ class BundleConfig:
         except (TypeError, ValueError):
             raise BundleError(f"{where}: window_size_zyx must be three integers") from None
         if len(size) != 3 or any(s < 0 for s in size):
-            raise BundleError(f"{where}: window_size_zyx must be three integers >= 0 (0 = whole axis), got {size}")
+            raise BundleError(
+                f"{where}: window_size_zyx must be three integers >= 0 (0 = whole axis), got {size}"
+            )
         if self.window_mode == "slice2d":
             size = (1, size[1], size[2])
         elif size[0] == 0:
-            raise BundleError(f"{where}: window_size_zyx[0] (slices per window) must be > 0 for {self.window_mode}")
+            raise BundleError(
+                f"{where}: window_size_zyx[0] (slices per window) must be > 0 for {self.window_mode}"
+            )
         self.window_size_zyx = size
         kind = self.preprocessing.get("kind") if isinstance(self.preprocessing, Mapping) else None
         if kind not in PREPROCESSING_KINDS:
-            raise BundleError(f"{where}: preprocessing.kind must be one of {PREPROCESSING_KINDS}, got {kind!r}")
+            raise BundleError(
+                f"{where}: preprocessing.kind must be one of {PREPROCESSING_KINDS}, got {kind!r}"
+            )
         if kind == "ct_window":
             window = self.preprocessing.get("window")
-            if not (isinstance(window, list | tuple) and len(window) == 2 and float(window[0]) < float(window[1])):
-                raise BundleError(f"{where}: ct_window preprocessing needs 'window': [low, high] in HU, low < high")
+            if not (
+                isinstance(window, list | tuple) and len(window) == 2 and float(window[0]) < float(window[1])
+            ):
+                raise BundleError(
+                    f"{where}: ct_window preprocessing needs 'window': [low, high] in HU, low < high"
+                )
         if self.orientation not in ("LPS", "RAS"):
             raise BundleError(f"{where}: orientation must be 'LPS' or 'RAS', got {self.orientation!r}")
 
@@ -196,7 +221,9 @@ class BundleConfig:
         labels = values.get("labels")
         if not isinstance(labels, list):
             raise BundleError(f"{source}: 'labels' must be a list")
-        values["labels"] = [LabelInfo.from_dict(item, f"{source}: labels[{i}]") for i, item in enumerate(labels)]
+        values["labels"] = [
+            LabelInfo.from_dict(item, f"{source}: labels[{i}]") for i, item in enumerate(labels)
+        ]
         try:
             return cls(**values)
         except TypeError as error:
@@ -228,7 +255,9 @@ class ModelBundle:
         try:
             network = create_network(self.config.network, **self.config.network_args)
         except Exception as error:  # the registry's own message names the argument
-            raise BundleError(f"{self._where()}: cannot build network '{self.config.network}': {error}") from None
+            raise BundleError(
+                f"{self._where()}: cannot build network '{self.config.network}': {error}"
+            ) from None
         try:
             network.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as error:
@@ -292,7 +321,9 @@ def read_config(folder: str | os.PathLike) -> BundleConfig:
     try:
         data = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"{config_path} is not valid JSON ({error}); restore or re-export the bundle") from None
+        raise BundleError(
+            f"{config_path} is not valid JSON ({error}); restore or re-export the bundle"
+        ) from None
     return BundleConfig.from_dict(data, source=str(config_path))
 
 
@@ -309,7 +340,9 @@ def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
     if not weights_path.is_file():
         raise BundleError(f"{weights_path} is missing; the bundle is incomplete: re-export or re-install it")
     if not config.weights_sha256:
-        raise BundleError(f"{folder / CONFIG_FILE} has no weights_sha256; re-save the bundle with save_bundle")
+        raise BundleError(
+            f"{folder / CONFIG_FILE} has no weights_sha256; re-save the bundle with save_bundle"
+        )
     data = weights_path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
     if actual != config.weights_sha256:
@@ -326,7 +359,9 @@ def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
             "it must be a plain state_dict saved with torch.save: re-export the bundle"
         ) from None
     if not isinstance(state_dict, dict) or not all(isinstance(k, str) for k in state_dict):
-        raise BundleError(f"{weights_path} does not hold a state_dict (a dict of tensors); re-export the bundle")
+        raise BundleError(
+            f"{weights_path} does not hold a state_dict (a dict of tensors); re-export the bundle"
+        )
     return ModelBundle(config=config, state_dict=state_dict, path=folder)
 
 
@@ -363,7 +398,9 @@ def _shipped_entries() -> list[CatalogEntry]:
     try:
         catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        raise BundleError(f"the shipped model catalog {SHIPPED_CATALOG} is unreadable ({error}); reinstall") from None
+        raise BundleError(
+            f"the shipped model catalog {SHIPPED_CATALOG} is unreadable ({error}); reinstall"
+        ) from None
     entries = []
     for item in catalog.get("bundles", []):
         path = SHIPPED_CATALOG.parent / item["path"]
@@ -457,4 +494,6 @@ def resolve_bundle(name_or_path: str | os.PathLike) -> Path:
     if os.sep in text or text.startswith("."):
         raise BundleError(f"model bundle folder {text} does not exist")
     names = sorted({e.name for e in entries}) or ["(none installed)"]
-    raise BundleError(f"unknown model '{text}': not a bundle folder nor a catalog name; available: {', '.join(names)}")
+    raise BundleError(
+        f"unknown model '{text}': not a bundle folder nor a catalog name; available: {', '.join(names)}"
+    )

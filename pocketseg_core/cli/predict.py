@@ -1,0 +1,246 @@
+"""``pocketseg predict``: segment an image (or every image of a folder) with a model bundle.
+
+Writes the mask on exactly the input's grid (and optionally the foreground probabilities and
+the masked, e.g. skull-stripped, volume), shows a progress bar, prints a summary (time,
+device, voxels, volume in ml). Every output is written atomically, and all outputs are
+checked before the (long) run, so a failure or a cancel leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from pocketseg_core.bundles import ModelBundle, load_bundle
+from pocketseg_core.errors import InputImageError, PocketSegError
+from pocketseg_core.io import (
+    ImageWriteError,
+    image_extension,
+    is_image_file,
+    read_image,
+    strip_image_extension,
+    write_image,
+)
+
+TASKS = ("skullstrip", "liver")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment an image or a folder of images (brain extraction, liver)",
+        description=(
+            "Segment a 3D image (NIfTI, NRRD, MHA/MHD or a DICOM series folder) with a PocketSeg model. "
+            "The mask is written on exactly the input's voxel grid. With a folder of images as input, "
+            "--output (and --probabilities/--masked-volume) name folders."
+        ),
+    )
+    parser.add_argument(
+        "--input", "-i", required=True, help="image file, DICOM series folder, or folder of images"
+    )
+    parser.add_argument("--output", "-o", required=True, help="mask file (e.g. brain.nii.gz), or a folder")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--task", choices=TASKS, help="use the installed model for this task")
+    which.add_argument("--model", help="model bundle folder, or a name from the model catalog")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--fast", action="store_true", help="coarser working spacing: faster, for CPUs")
+    parser.add_argument("--tta", action="store_true", help="average over flipped inputs (slower, smoother)")
+    parser.add_argument("--probabilities", help="also write the foreground probabilities (float32) here")
+    parser.add_argument(
+        "--masked-volume", help="also write the input with everything outside the mask set to 0"
+    )
+    parser.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
+    parser.add_argument("--batch-size", type=int, default=4, help="windows per network call (default 4)")
+    parser.add_argument("--fill-holes", action="store_true", help="fill enclosed holes in the mask")
+    parser.add_argument(
+        "--all-components", action="store_true", help="keep every connected component (default: the largest)"
+    )
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.set_defaults(command="predict")
+    return parser
+
+
+@dataclass
+class PredictJob:
+    """One image to segment and where its outputs go."""
+
+    input: Path
+    output: Path
+    probabilities: Path | None = None
+    masked_volume: Path | None = None
+
+
+def run(args: argparse.Namespace) -> int:
+    from pocketseg_core.inference import InferenceOptions
+
+    if not args.task and not args.model:
+        raise PocketSegError("choose a model: --task skullstrip, --task liver, or --model PATH_OR_NAME")
+    if not 0.0 <= args.overlap < 1.0:
+        raise PocketSegError(f"--overlap must be in [0, 1), got {args.overlap}")
+    if args.batch_size < 1:
+        raise PocketSegError(f"--batch-size must be at least 1, got {args.batch_size}")
+    jobs = plan_jobs(Path(args.input), Path(args.output), args.probabilities, args.masked_volume)
+    bundle = load_bundle(args.model or args.task)
+    options = InferenceOptions(
+        device=args.device,
+        fast=args.fast,
+        tta=args.tta,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        keep_largest_component=not args.all_components,
+        fill_holes=args.fill_holes,
+        return_probabilities=any(job.probabilities for job in jobs),
+    )
+    failures = 0
+    network = None
+    for job in jobs:
+        try:
+            network = predict_one(job, bundle, options, show_progress=not args.quiet, network=network)
+        except PocketSegError as error:
+            if len(jobs) == 1:
+                raise
+            failures += 1
+            print(f"pocketseg predict: {job.input}: error: {error}", file=sys.stderr)
+    if len(jobs) > 1:
+        print(f"{len(jobs) - failures} of {len(jobs)} images segmented")
+    return 1 if failures else 0
+
+
+def plan_jobs(
+    input_path: Path, output: Path, probabilities: str | None, masked_volume: str | None
+) -> list[PredictJob]:
+    """The images to segment and their outputs; checks every output location first."""
+    if not input_path.exists():
+        raise InputImageError(f"{input_path}: no such file or folder. Check the path.")
+    if input_path.is_dir() and not _is_dicom_folder(input_path):
+        inputs = sorted(
+            p for p in input_path.iterdir() if is_image_file(p) or (p.is_dir() and _is_dicom_folder(p))
+        )
+        if not inputs:
+            raise InputImageError(
+                f"{input_path}: holds no image files (.nii, .nii.gz, .nrrd, .mha, .mhd) nor DICOM series"
+            )
+        folders = [output] + [Path(p) for p in (probabilities, masked_volume) if p]
+        for folder in folders:
+            if folder.resolve() == input_path.resolve():
+                raise PocketSegError(f"{folder}: output folder is the input folder; choose another one")
+            if folder.exists() and not folder.is_dir():
+                raise ImageWriteError(f"{folder}: the input is a folder, so this output must be a folder too")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ImageWriteError(
+                    f"{folder}: cannot create the output folder ({error.strerror or error})"
+                ) from None
+        jobs = []
+        for path in inputs:
+            name = path.name if image_extension(path) else f"{path.name}.nii.gz"
+            jobs.append(
+                PredictJob(
+                    input=path,
+                    output=output / name,
+                    probabilities=Path(probabilities) / name if probabilities else None,
+                    masked_volume=Path(masked_volume) / name if masked_volume else None,
+                )
+            )
+    else:
+        if output.is_dir():
+            output = output / f"{strip_image_extension(input_path)}_mask.nii.gz"
+        jobs = [
+            PredictJob(
+                input=input_path,
+                output=output,
+                probabilities=Path(probabilities) if probabilities else None,
+                masked_volume=Path(masked_volume) if masked_volume else None,
+            )
+        ]
+    for job in jobs:
+        for target in (job.output, job.probabilities, job.masked_volume):
+            if target is not None:
+                check_writable(target)
+    return jobs
+
+
+def check_writable(path: Path) -> None:
+    """Refuse an output path before the run rather than after it: known ending, folder exists
+    and can be written, not the input itself."""
+    if not image_extension(path):
+        raise ImageWriteError(f"{path}: unknown image ending; use .nii.gz, .nii, .nrrd, .mha or .mhd")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ImageWriteError(
+            f"{path}: cannot write, the folder {folder} does not exist. Create it or choose another path."
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ImageWriteError(
+            f"{path}: cannot write into {folder} (no permission). Choose a folder you can write to."
+        )
+    if path.is_dir():
+        raise ImageWriteError(f"{path}: is a folder; give a file name such as {path / 'mask.nii.gz'}")
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError:
+        return False
+
+
+def predict_one(job: PredictJob, bundle: ModelBundle, options, show_progress: bool = True, network=None):
+    """Segment one image and write its outputs; returns the network (to reuse it)."""
+    from tqdm import tqdm
+
+    from pocketseg_core.inference import resolve_device, segment_image
+
+    started = time.perf_counter()
+    image = read_image(job.input)
+    if network is None:
+        network = bundle.build_network(resolve_device(options.device))
+    bar = tqdm(
+        total=100, desc=job.input.name, unit="%", disable=not show_progress, file=sys.stderr, leave=False
+    )
+
+    def progress(fraction: float, message: str) -> bool:
+        bar.n = int(round(100 * fraction))
+        bar.set_postfix_str(message, refresh=True)
+        return True
+
+    try:
+        result = segment_image(image, bundle, options, progress, network=network)
+    finally:
+        bar.close()
+    written: list[Path] = []
+    try:
+        if job.masked_volume is not None:
+            masked = sitk.Mask(image, sitk.Cast(result.mask > 0, sitk.sitkUInt8), outsideValue=0)
+            written.append(write_image(masked, job.masked_volume))
+        if job.probabilities is not None and result.probabilities is not None:
+            written.append(write_image(result.probabilities, job.probabilities))
+        written.append(write_image(result.mask, job.output))
+    except BaseException:
+        for path in written:  # all or nothing: no half set of outputs
+            path.unlink(missing_ok=True)
+        raise
+    print_summary(job, bundle, result, image, time.perf_counter() - started)
+    return network
+
+
+def print_summary(job: PredictJob, bundle: ModelBundle, result, image: sitk.Image, seconds: float) -> None:
+    mask = sitk.GetArrayViewFromImage(result.mask)
+    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
+    print(f"{job.input} -> {job.output}")
+    print(
+        f"  model {bundle.config.name} on {result.device}, {seconds:.2f} s (segmentation {result.seconds:.2f} s)"
+    )
+    for label in bundle.config.labels:
+        count = int(np.count_nonzero(mask == label.value))
+        print(f"  {label.name}: {count} voxels, {count * voxel_ml:.1f} ml")
+    for message in result.messages:
+        print(f"  warning: {message}")

@@ -1,0 +1,359 @@
+"""PocketSeg: one-click skull stripping and liver segmentation with PocketNet / LV-Net.
+
+The module file holds only the Module / Widget / Logic / Test classes of Slicer's scripted
+module template; all MRML work is in ``PocketSegLib`` (importable and tested without Qt) and
+all computing in ``pocketseg_core`` (no Slicer import at all).
+
+Python console::
+
+    logic = slicer.util.getModuleLogic("PocketSeg")
+    segmentationNode = logic.segment(volumeNode, "skullstrip")      # or "liver", or a model path
+    tableNode = logic.compare(referenceNode, "Brain", segmentationNode, "Brain")
+"""
+
+import logging
+import traceback
+from typing import Optional
+
+import qt
+import slicer
+import vtk
+from PocketSegLib.logic import TASKS, SegmentOptions
+from PocketSegLib.logic import PocketSegLogic as PocketSegMRMLLogic
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+#: how often the GUI looks at a running segmentation (ms); the work runs in a background thread
+POLL_INTERVAL_MS = 200
+DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
+
+
+#
+# PocketSeg
+#
+
+
+class PocketSeg(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("PocketSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["PocketSeg developers"]
+        self.parent.helpText = _(
+            "One click segments the brain in a T1 head MRI (skull stripping) or the liver in an abdominal CT, "
+            "with small, fast networks (PocketNet, LV-Net). The result is a segmentation you can edit in "
+            "Segment Editor. For research use, not a medical device."
+        )
+        self.parent.acknowledgementText = _(
+            "PocketNet: Celaya et al., IEEE Trans Med Imaging 2023 (PocketNet: A Smaller Neural Network for "
+            "Medical Image Analysis). LV-Net: Lei et al. (lightweight V-Net for liver segmentation)."
+        )
+
+
+#
+# PocketSegParameterNode
+#
+
+
+@parameterNodeWrapper
+class PocketSegParameterNode:
+    """What the GUI sets; bound to the .ui widgets by their SlicerParameterName."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    fastMode: bool = False
+    flipTTA: bool = False
+    createMaskedVolume: bool = False
+    show3D: bool = False
+
+
+#
+# PocketSegWidget
+#
+
+
+class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Thin GUI: picks inputs, starts a background run, polls it with a timer, shows results."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._running = None  # PocketSegLib.logic.BackgroundSegmentation while a run is on
+        self._timer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/PocketSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = PocketSegLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.skullStripButton.connect("clicked()", lambda: self.onSegment("skullstrip"))
+        self.ui.segmentLiverButton.connect("clicked()", lambda: self.onSegment("liver"))
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompare)
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.hide()
+        self.ui.cancelButton.hide()
+        self.populateModels()
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onPoll)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self._running is not None:
+            self._running.cancel()
+        if self._timer is not None:
+            self._timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.populateModels()
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._running is not None:
+            self._running.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[PocketSegParameterNode]) -> None:  # noqa: UP045 (template style; Python 3.9 in older Slicer)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.updateButtons()
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        idle = self._running is None
+        hasVolume = bool(self._parameterNode and self._parameterNode.inputVolume)
+        for button in (self.ui.skullStripButton, self.ui.segmentLiverButton):
+            button.enabled = idle and hasVolume
+
+    def populateModels(self) -> None:
+        """Model choices: the task's default, then every shipped or user-trained bundle."""
+        combo = self.ui.modelComboBox
+        current = combo.currentData
+        combo.clear()
+        combo.addItem(_("Default for the button's task"), "")
+        try:
+            models = self.logic.available_models()
+        except Exception as error:  # a broken catalog must not break the module
+            logging.warning(f"PocketSeg: cannot list models: {error}")
+            models = []
+        for model in models:
+            suffix = _(" (yours)") if model["source"] == "user" else ""
+            combo.addItem(f"{model['title']} [{model['modality']}]{suffix}", model["path"])
+        index = combo.findData(current) if current else 0
+        combo.setCurrentIndex(max(index, 0))
+
+    # --- running ----------------------------------------------------------------------------
+
+    def onSegment(self, task: str) -> None:
+        from PocketSegLib.dependencies import ensure_dependencies
+
+        from pocketseg_core.errors import PocketSegError
+
+        if not ensure_dependencies(testing=slicer.app.testingEnabled()):
+            self.ui.statusLabel.text = _("PyTorch is needed to segment; it was not installed.")
+            return
+        parameters = self._parameterNode
+        model = self.ui.modelComboBox.currentData or task
+        options = SegmentOptions(
+            device=DEVICES.get(self.ui.deviceComboBox.currentText, "auto"),
+            fast=parameters.fastMode,
+            tta=parameters.flipTTA,
+            create_masked_volume=parameters.createMaskedVolume,
+            show_3d=parameters.show3D,
+        )
+        try:
+            with slicer.util.WaitCursor():
+                prepared = self.logic.prepare(parameters.inputVolume, model)
+        except PocketSegError as error:
+            slicer.util.errorDisplay(str(error), windowTitle=_("PocketSeg"))
+            return
+        except Exception as error:
+            self.showUnexpectedError(_("Could not prepare the segmentation"), error)
+            return
+        for warning in prepared.warnings:
+            if not slicer.util.confirmOkCancelDisplay(
+                warning + "\n\n" + _("Segment anyway?"), windowTitle=_("PocketSeg: unexpected image")
+            ):
+                return
+        self._running = self.logic.start(prepared, options, parameters.outputSegmentation)
+        self.ui.statusLabel.text = _("{task}: starting").format(task=TASKS.get(task, task))
+        self.ui.progressBar.value = 0
+        self.ui.progressBar.show()
+        self.ui.cancelButton.show()
+        self.ui.cancelButton.enabled = True
+        self.updateButtons()
+        self._timer.start()
+
+    def onCancel(self) -> None:
+        if self._running is not None:
+            self._running.cancel()
+            self.ui.cancelButton.enabled = False
+
+    def onPoll(self) -> None:
+        """Timer slot: show progress; once the run is done, apply its result on this (main) thread."""
+        from pocketseg_core.errors import Cancelled, PocketSegError
+
+        if self._running is None:
+            self._timer.stop()
+            return
+        status = self._running.status()
+        self.ui.progressBar.value = int(round(100 * status.fraction))
+        self.ui.statusLabel.text = f"{status.message} ({status.elapsed_s:.0f} s)"
+        if not status.done:
+            return
+        self._timer.stop()
+        running, self._running = self._running, None
+        try:
+            outcome = running.finish()
+        except Cancelled:
+            self.ui.statusLabel.text = _("Cancelled. Nothing was changed.")
+        except PocketSegError as error:
+            self.ui.statusLabel.text = _("Failed.")
+            slicer.util.errorDisplay(str(error), windowTitle=_("PocketSeg"))
+        except Exception as error:
+            self.ui.statusLabel.text = _("Failed.")
+            details = status.error_details or traceback.format_exc()
+            self.showUnexpectedError(_("Segmentation failed"), error, details)
+        else:
+            self.showOutcome(running.prepared.volume_node, outcome, status.elapsed_s)
+        finally:
+            self.ui.progressBar.hide()
+            self.ui.cancelButton.hide()
+            self.updateButtons()
+
+    def showOutcome(self, volumeNode, outcome, elapsed: float) -> None:
+        slicer.util.setSliceViewerLayers(background=volumeNode, fit=False)
+        lines = [
+            _("Done in {seconds:.1f} s on {device}: {name}").format(
+                seconds=elapsed, device=outcome.device, name=outcome.segmentation_node.GetName()
+            )
+        ]
+        lines += outcome.messages  # e.g. "GPU out of memory: finished on the CPU"
+        for message in outcome.messages:
+            logging.info(f"PocketSeg: {message}")
+        self.ui.statusLabel.text = "\n".join(lines)
+        self.ui.computedSegmentSelector.setCurrentNode(outcome.segmentation_node)
+
+    def showUnexpectedError(self, what: str, error: Exception, details: str = "") -> None:
+        details = details or traceback.format_exc()
+        logging.error(f"PocketSeg: {what}:\n{details}")
+        slicer.util.errorDisplay(
+            _("{what}: {error}\n\nThe details are in the application log.").format(what=what, error=error),
+            windowTitle=_("PocketSeg"),
+            detailedText=details,
+        )
+
+    # --- comparing ----------------------------------------------------------------------------
+
+    def onCompare(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Comparison failed."), waitCursor=True):
+            table = self.logic.compare(
+                self.ui.referenceSegmentSelector.currentNode(),
+                self.ui.referenceSegmentSelector.currentSegmentID(),
+                self.ui.computedSegmentSelector.currentNode(),
+                self.ui.computedSegmentSelector.currentSegmentID(),
+            )
+            self.ui.resultTableView.setMRMLTableNode(table)
+
+
+#
+# PocketSegLogic
+#
+
+
+class PocketSegLogic(ScriptedLoadableModuleLogic, PocketSegMRMLLogic):
+    """The module's logic: Slicer's parameter node plus :class:`PocketSegLib.logic.PocketSegLogic`.
+
+    ``segment(volumeNode, "skullstrip" | "liver" | model, options)`` -> segmentation node;
+    ``compare(referenceNode, segment, computedNode, segment)`` -> table node.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        PocketSegMRMLLogic.__init__(self)  # context: Slicer's scene and module logics
+
+    def getParameterNode(self):
+        return PocketSegParameterNode(super().getParameterNode())
+
+
+#
+# PocketSegTest
+#
+
+
+class PocketSegTest(ScriptedLoadableModuleTest):
+    """Slicer's ctest: the scenario pytest runs headless (PocketSegLib.selftest), inside real Slicer."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_PocketSeg_scenario()
+
+    def test_PocketSeg_scenario(self):
+        from PocketSegLib.dependencies import ensure_dependencies
+
+        self.delayDisplay("Checking PyTorch")
+        self.assertTrue(ensure_dependencies(testing=True), "PyTorch could not be installed")
+        from PocketSegLib.selftest import run_scenario
+
+        from pocketseg_core.errors import BundleError
+
+        logic = PocketSegLogic()
+        try:
+            logic.load_model("skullstrip")
+        except BundleError as error:
+            self.delayDisplay(f"Skipped: no skull-strip model is installed ({error})")
+            return
+        self.delayDisplay("Running the PocketSeg scenario on the CPU")
+        measured = run_scenario(logic, "skullstrip", log=self.delayDisplay)
+        self.delayDisplay(
+            f"Test passed: {measured['voxels']} brain voxels, Dice {measured['metrics']['dice']:.3f} "
+            "against the synthetic head's mask"
+        )

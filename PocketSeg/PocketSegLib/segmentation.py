@@ -1,0 +1,296 @@
+"""Segmentation nodes holding PocketSeg's results, and segments exported back to voxel arrays.
+
+A result becomes a segmentation node "<volume> brain" (or "liver", ...) with one segment named
+"Brain" / "Liver", Slicer's standard colour for that structure and its SNOMED-CT terminology,
+its reference geometry set to the input volume, placed next to the input in the subject
+hierarchy (same patient/study) and shown in the slice views. The segment is a plain binary
+labelmap segment, editable in Segment Editor like any other.
+
+The segment is built completely (``vtkSegment`` + ``vtkOrientedImageData``) before the scene is
+touched, so a failure while building it leaves the scene as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtkmodules.util import numpy_support
+
+from pocketseg_core.errors import GridMismatchError, PocketSegError
+from PocketSegLib.scene_context import SlicerContext
+from PocketSegLib.volume_io import ijk_to_ras_matrix, image_from_array_on_volume, image_ijk_to_ras
+
+#: Slicer's terminology entry: context~category~type~type modifier~anatomic context~region~region modifier
+TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
+
+#: Geometry tolerance (mm / direction cosine) for "this mask lies on that volume's grid".
+GRID_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class SegmentDescription:
+    """How one structure is shown: segment name, colour (r, g, b in [0, 1]) and SNOMED-CT codes."""
+
+    name: str
+    color: tuple[float, float, float]
+    type_code: tuple[str, str, str]  # (scheme, value, meaning), e.g. ("SCT", "12738006", "Brain")
+    category_code: tuple[str, str, str] = ANATOMICAL_STRUCTURE
+
+    @property
+    def terminology_entry(self) -> str:
+        """The segment's terminology in Slicer's serialised form (``vtkSegment.SetTerminology``)."""
+        category = "^".join(self.category_code)
+        type_ = "^".join(self.type_code)
+        return f"{TERMINOLOGY_CONTEXT}~{category}~{type_}~^^~{ANATOMIC_CONTEXT}~^^~^^"
+
+    @property
+    def node_suffix(self) -> str:
+        """What follows the volume's name in the segmentation node's name ("brain", "liver")."""
+        return self.name.lower()
+
+
+#: The structures of the shipped tasks, with the colours of Slicer's General Anatomy list.
+BRAIN = SegmentDescription("Brain", (250 / 255, 250 / 255, 225 / 255), ("SCT", "12738006", "Brain"))
+LIVER = SegmentDescription("Liver", (221 / 255, 130 / 255, 101 / 255), ("SCT", "10200004", "Liver"))
+STANDARD_BY_CODE: dict[str, SegmentDescription] = {"12738006": BRAIN, "10200004": LIVER}
+STANDARD_BY_TASK: dict[str, SegmentDescription] = {"skullstrip": BRAIN, "liver": LIVER}
+
+
+def describe_label(label: Any | None, task: str | None = None) -> SegmentDescription:
+    """The segment description of a bundle label (``pocketseg_core.bundles.LabelInfo``).
+
+    A label coded as brain or liver gets Slicer's standard name and colour whatever the bundle
+    calls it, so every PocketSeg brain looks like every other Slicer brain; any other label
+    keeps the bundle's name, colour and codes. Without a label, the task decides.
+    """
+    terminology: Mapping[str, Any] = getattr(label, "terminology", None) or {}
+    type_entry = terminology.get("type") or {}
+    code = str(type_entry.get("CodeValue", ""))
+    if code in STANDARD_BY_CODE:
+        return STANDARD_BY_CODE[code]
+    if label is None or not getattr(label, "name", ""):
+        if task in STANDARD_BY_TASK:
+            return STANDARD_BY_TASK[task]
+        return SegmentDescription("Segment", (1.0, 1.0, 0.0), ("SCT", "", ""))
+    name = str(label.name)
+    by_name = {d.name.lower(): d for d in STANDARD_BY_CODE.values()}
+    if not type_entry and name.lower() in by_name:
+        return by_name[name.lower()]
+    category_entry = terminology.get("category") or {}
+
+    def triplet(entry: Mapping[str, Any], default: tuple[str, str, str]) -> tuple[str, str, str]:
+        if not entry:
+            return default
+        return (
+            str(entry.get("CodingSchemeDesignator", "")),
+            str(entry.get("CodeValue", "")),
+            str(entry.get("CodeMeaning", "")),
+        )
+
+    return SegmentDescription(
+        name=name[:1].upper() + name[1:],
+        color=tuple(float(c) for c in label.color),
+        type_code=triplet(type_entry, ("", "", name)),
+        category_code=triplet(category_entry, ANATOMICAL_STRUCTURE),
+    )
+
+
+# --- mask -> segment ---------------------------------------------------------------------------
+
+
+def require_mask_on_volume_grid(mask: sitk.Image, volume_node: Any) -> None:
+    """Raise :class:`GridMismatchError` unless ``mask`` lies on exactly the volume's voxel grid."""
+    dims = volume_node.GetImageData().GetDimensions() if volume_node.GetImageData() else None
+    if dims is None or tuple(mask.GetSize()) != tuple(dims):
+        raise GridMismatchError(
+            f"the mask ({mask.GetSize()}) does not have the size of volume '{volume_node.GetName()}' ({dims})"
+        )
+    difference = np.abs(image_ijk_to_ras(mask) - ijk_to_ras_matrix(volume_node)).max()
+    if difference > GRID_TOLERANCE:
+        raise GridMismatchError(
+            f"the mask is not on the grid of volume '{volume_node.GetName()}' "
+            f"(IJK-to-RAS differs by {difference:.3g}); masks must be computed on the input's grid"
+        )
+
+
+def oriented_image_from_mask(mask: sitk.Image, volume_node: Any) -> Any:
+    """A binary ``vtkOrientedImageData`` (uint8, 0/1) with the volume's IJK-to-RAS geometry."""
+    require_mask_on_volume_grid(mask, volume_node)
+    array = (sitk.GetArrayViewFromImage(mask) > 0).astype(np.uint8)
+    oriented = slicer.vtkOrientedImageData()
+    oriented.SetDimensions(*mask.GetSize())
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    oriented.SetImageToWorldMatrix(matrix)
+    oriented.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    numpy_support.vtk_to_numpy(oriented.GetPointData().GetScalars())[:] = array.ravel()
+    oriented.Modified()
+    return oriented
+
+
+def build_segment(mask: sitk.Image, volume_node: Any, description: SegmentDescription) -> Any:
+    """A ``vtkSegment`` (binary labelmap) named, coloured and coded per ``description``."""
+    segment = slicer.vtkSegment()
+    segment.SetName(description.name)
+    segment.SetColor(*description.color)
+    segment.SetTerminology(description.terminology_entry)
+    segment.SetLabelValue(1)
+    segment.AddRepresentation(
+        slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
+        oriented_image_from_mask(mask, volume_node),
+    )
+    return segment
+
+
+def segmentation_node_name(volume_node: Any, description: SegmentDescription) -> str:
+    """ "<volume> brain", "<volume> liver"."""
+    return f"{volume_node.GetName()} {description.node_suffix}"
+
+
+def write_mask_to_segmentation(
+    context: SlicerContext,
+    volume_node: Any,
+    mask: sitk.Image,
+    description: SegmentDescription,
+    output_node: Any | None = None,
+    show_3d: bool = False,
+) -> Any:
+    """Put a binary ``mask`` (non-zero = inside, on the volume's grid) into a segmentation node."""
+    binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
+    return write_labels_to_segmentation(
+        context, volume_node, binary, [(1, description)], None, output_node, show_3d
+    )
+
+
+def write_labels_to_segmentation(
+    context: SlicerContext,
+    volume_node: Any,
+    label_image: sitk.Image,
+    labels: Sequence[tuple[int, SegmentDescription]],
+    name: str | None = None,
+    output_node: Any | None = None,
+    show_3d: bool = False,
+) -> Any:
+    """Put a label image (on the volume's grid) into a segmentation node, one segment per label.
+
+    With ``output_node`` None a new node is added, named ``name`` or "<volume> <structure>";
+    an existing node is replaced (all its segments removed) only when passed as ``output_node``.
+    Returns the segmentation node.
+    """
+    if not labels:
+        raise PocketSegError("no labels to put into the segmentation")
+    # Build every segment first (may raise): the scene is untouched until all are ready.
+    segments = [
+        (description, build_segment(label_image == value, volume_node, description))
+        for value, description in labels
+    ]
+    scene = context.scene
+    if output_node is None:
+        node = slicer.vtkMRMLSegmentationNode()
+        node.SetName(name or segmentation_node_name(volume_node, labels[0][1]))
+        scene.AddNode(node)
+    else:
+        if not output_node.IsA("vtkMRMLSegmentationNode"):
+            raise PocketSegError(f"'{output_node.GetName()}' is not a segmentation node: pick a segmentation")
+        node = output_node
+        node.GetSegmentation().RemoveAllSegments()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    node.GetSegmentation().SetSourceRepresentationName(
+        slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    )
+    for description, segment in segments:
+        node.GetSegmentation().AddSegment(segment, description.name)
+    # The result lives in the volume's coordinates: follow the volume's transform, if any.
+    node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
+    show_segmentation(node, show_3d)
+    place_next_to(context, node, volume_node)
+    return node
+
+
+def show_segmentation(node: Any, show_3d: bool = False) -> None:
+    """Show the segmentation in the slice views (filled + outline), and in 3D when asked."""
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetVisibility(True)
+    display.SetVisibility2DFill(True)
+    display.SetVisibility2DOutline(True)
+    display.SetVisibility3D(bool(show_3d))
+    if show_3d:
+        node.CreateClosedSurfaceRepresentation()
+
+
+def place_next_to(context: SlicerContext, node: Any, reference_node: Any) -> None:
+    """Put ``node`` under the same subject-hierarchy parent (patient/study) as ``reference_node``.
+
+    Inside Slicer every data node has an item already; a headless scene creates items on demand.
+    """
+    hierarchy = context.subject_hierarchy
+    reference_item = hierarchy.GetItemByDataNode(reference_node)
+    parent = hierarchy.GetItemParent(reference_item) if reference_item else hierarchy.GetSceneItemID()
+    item = hierarchy.GetItemByDataNode(node)
+    if item:
+        hierarchy.SetItemParent(item, parent)
+    else:
+        hierarchy.CreateItem(parent, node)
+
+
+# --- segment -> array / image ------------------------------------------------------------------
+
+
+def segment_id_by_name_or_id(segmentation_node: Any, segment: str) -> str:
+    """The ID of a segment given its ID or its name; :class:`PocketSegError` when absent."""
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(segment) is not None:
+        return segment
+    found = segmentation.GetSegmentIdBySegmentName(segment)
+    if found:
+        return found
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    raise PocketSegError(
+        f"segmentation '{segmentation_node.GetName()}' has no segment '{segment}'; it has: {', '.join(names) or 'none'}"
+    )
+
+
+def segment_array_on_volume(segmentation_node: Any, segment: str, volume_node: Any) -> np.ndarray:
+    """The segment's voxels resampled onto the volume's grid: uint8 0/1, shape ``(k, j, i)``.
+
+    Nearest-neighbour resampling of the binary labelmap (exact when the segmentation was made on
+    that grid). Transforms between the two nodes are not applied: both must share one.
+    """
+    segment_id = segment_id_by_name_or_id(segmentation_node, segment)
+    labelmap = slicer.vtkOrientedImageData()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, labelmap):
+        raise PocketSegError(
+            f"segment '{segment}' of '{segmentation_node.GetName()}' has no binary labelmap to export"
+        )
+    dims = volume_node.GetImageData().GetDimensions()
+    shape = (dims[2], dims[1], dims[0])
+    extent = labelmap.GetExtent()
+    if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
+        return np.zeros(shape, dtype=np.uint8)  # an empty segment
+    reference = logic.CreateOrientedImageDataFromVolumeNode(volume_node)
+    resampled = slicer.vtkOrientedImageData()
+    if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        labelmap, reference, resampled, False, True
+    ):
+        raise PocketSegError(
+            f"segment '{segment}' could not be resampled onto volume '{volume_node.GetName()}'"
+        )
+    values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(shape)
+    return (values > 0).astype(np.uint8)
+
+
+def segment_image_on_volume(segmentation_node: Any, segment: str, volume_node: Any) -> sitk.Image:
+    """:func:`segment_array_on_volume` as a SimpleITK image with the volume's geometry (LPS)."""
+    return image_from_array_on_volume(
+        segment_array_on_volume(segmentation_node, segment, volume_node), volume_node
+    )

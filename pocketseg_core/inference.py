@@ -38,7 +38,7 @@ from pocketseg_core import geometry, io
 from pocketseg_core.bundles import ModelBundle
 from pocketseg_core.errors import Cancelled, InputImageError, PocketSegError
 from pocketseg_core.postprocessing import fill_holes, keep_largest_component
-from pocketseg_core.preprocessing import modality_warning, normalize_intensity
+from pocketseg_core.preprocessing import WorkingGrid, modality_warning, to_working_grid
 
 #: ``progress(fraction_done, message) -> bool | None``; returning ``False`` cancels the run.
 ProgressCallback = Callable[[float, str], "bool | None"]
@@ -389,25 +389,14 @@ def segment_image(
     device = resolve_device(options.device, messages)
 
     tick = time.perf_counter()
-    float_image = sitk.Cast(image, sitk.sitkFloat32)
-    warning = modality_warning(sitk.GetArrayViewFromImage(float_image), config.modality)
+    warning = modality_warning(sitk.GetArrayViewFromImage(image), config.modality)
     if warning:
         messages.append(warning)
-    # The working grid is built on the canonical copy with its position stripped (origin 0,
-    # identity direction): everything the network sees then depends only on the canonical
-    # voxels and spacing, so two storages of one physical grid (another axis order, rounding
-    # in the origin or direction) give bit-identical masks. The position is restored exactly
-    # by from_canonical at the end.
-    canonical = sitk.DICOMOrient(float_image, config.orientation)
-    oriented = _index_frame(canonical)
     spacing = config.fast_spacing if options.fast and config.fast_spacing else config.spacing
     if options.fast and not config.fast_spacing:
         messages.append("this model has no fast mode; running at its normal working spacing")
-    if np.allclose(oriented.GetSpacing(), spacing, rtol=1e-3, atol=0):
-        working = oriented  # no interpolation needed: exact permutation back at the end
-    else:
-        working = geometry.resample_to_spacing(oriented, spacing, sitk.sitkLinear)
-    volume = normalize_intensity(sitk.GetArrayFromImage(working), config.preprocessing)
+    grid = to_working_grid(image, config.orientation, spacing, config.preprocessing)
+    volume = grid.volume
     timings["preprocess"] = time.perf_counter() - tick
     report(_PREPROCESS_END, "preprocessed")
 
@@ -450,9 +439,7 @@ def segment_image(
     report(_WINDOWS_END, "mapping back to the input grid")
 
     tick = time.perf_counter()
-    mask, probability_image = _to_input_grid(
-        probabilities, working, oriented, canonical, image, config, options
-    )
+    mask, probability_image = _to_input_grid(probabilities, grid, image, config, options)
     if options.keep_largest_component:
         mask = keep_largest_component(mask)
     if options.fill_holes:
@@ -470,26 +457,8 @@ def segment_image(
     )
 
 
-def _index_frame(image: sitk.Image) -> sitk.Image:
-    """``image`` with origin 0, identity direction and its spacing rounded to 1e-5 mm.
-
-    The rounding removes storage noise (Slicer re-normalises a file's direction columns and
-    moves their norm, e.g. 1.0000002, into the spacing), far below any physical meaning.
-    """
-    framed = sitk.Image(image)
-    framed.SetSpacing([round(value, 5) for value in image.GetSpacing()])
-    framed.SetOrigin((0.0,) * image.GetDimension())
-    framed.SetDirection(np.eye(image.GetDimension()).ravel().tolist())
-    return framed
-
-
 def _channel_to_input(
-    channel: np.ndarray,
-    working: sitk.Image,
-    oriented: sitk.Image,
-    canonical: sitk.Image,
-    image: sitk.Image,
-    outside: float,
+    channel: np.ndarray, grid: WorkingGrid, image: sitk.Image, outside: float
 ) -> np.ndarray:
     """One probability channel ``(z, y, x)`` on the working grid -> array on the input grid.
 
@@ -498,24 +467,22 @@ def _channel_to_input(
     beyond the working grid); then an exact permutation/flip back to the input's storage order.
     """
     channel_image = sitk.GetImageFromArray(np.ascontiguousarray(channel, dtype=np.float32))
-    channel_image.CopyInformation(working)
-    if working is not oriented:
+    channel_image.CopyInformation(grid.working)
+    if grid.resampled:
         # Resample onto the canonical copy of the input grid, not onto the input grid itself: two
         # storages of the same physical grid (e.g. a k axis reversed by Slicer's reader) then give
         # bit-identical probabilities, and the last step below is an exact permutation/flip.
         channel_image = sitk.Resample(
-            channel_image, oriented, sitk.Transform(), sitk.sitkLinear, outside, sitk.sitkFloat32, True
+            channel_image, grid.oriented, sitk.Transform(), sitk.sitkLinear, outside, sitk.sitkFloat32, True
         )
-    channel_image.CopyInformation(canonical)
+    channel_image.CopyInformation(grid.canonical)
     back = geometry.from_canonical(channel_image, image)
     return sitk.GetArrayFromImage(back)
 
 
 def _to_input_grid(
     probabilities: np.ndarray,
-    working: sitk.Image,
-    oriented: sitk.Image,
-    canonical: sitk.Image,
+    grid: WorkingGrid,
     image: sitk.Image,
     config,
     options: InferenceOptions,
@@ -525,7 +492,7 @@ def _to_input_grid(
     num_classes = probabilities.shape[0]
     probability_image = None
     if num_classes == 2:
-        foreground = _channel_to_input(probabilities[1], working, oriented, canonical, image, 0.0)
+        foreground = _channel_to_input(probabilities[1], grid, image, 0.0)
         label_value = config.labels[0].value if len(config.labels) == 1 else 1
         mask_array = np.where(foreground > 0.5, label_value, 0).astype(np.uint8)
         if options.return_probabilities:
@@ -533,9 +500,7 @@ def _to_input_grid(
     else:
         channels = np.stack(
             [
-                _channel_to_input(
-                    probabilities[k], working, oriented, canonical, image, 1.0 if k == 0 else 0.0
-                )
+                _channel_to_input(probabilities[k], grid, image, 1.0 if k == 0 else 0.0)
                 for k in range(num_classes)
             ]
         )

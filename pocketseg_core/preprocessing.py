@@ -8,16 +8,22 @@
   [0, 1] (``"normalize": "unit"``, the default: the PocketNet paper does no further scaling
   and a fixed map keeps the HU meaning) or z-score the clipped values (``"zscore"``, LV-Net).
 
-Resampling to the working spacing (the papers' in-plane resize, e.g. 512 -> 256, is expressed
-as a working spacing in the bundle) lives in :mod:`pocketseg_core.geometry`.
+:func:`to_working_grid` is the one path from an input image to what the network sees, shared
+by inference and training: reorient to the bundle's orientation, resample to the working
+spacing (the papers' in-plane resize, e.g. 512 -> 256, is expressed as a working spacing in
+the bundle), normalise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
+
+from pocketseg_core import geometry
 
 #: percentiles clipped away before MR statistics (scanner spikes, dark noise)
 MR_CLIP_PERCENTILES = (0.5, 99.5)
@@ -107,3 +113,78 @@ def modality_warning(volume: np.ndarray, modality: str) -> str | None:
             "in Hounsfield units; the result is likely wrong"
         )
     return None
+
+
+@dataclass
+class WorkingGrid:
+    """An input image on the network's working grid, with what is needed to map back.
+
+    ``canonical`` is the input reoriented (real geometry); ``oriented`` the same voxels in the
+    index frame (origin 0, identity direction); ``working`` the grid the network sees (index
+    frame, working spacing; ``oriented`` itself when no resampling was needed); ``volume`` the
+    normalised intensities ``(z, y, x)`` on ``working``; ``orientation`` the code used (e.g. LPS).
+    """
+
+    orientation: str
+    canonical: sitk.Image
+    oriented: sitk.Image
+    working: sitk.Image
+    volume: np.ndarray
+
+    @property
+    def resampled(self) -> bool:
+        return self.working is not self.oriented
+
+
+def index_frame(image: sitk.Image) -> sitk.Image:
+    """``image`` with origin 0, identity direction and its spacing rounded to 1e-5 mm.
+
+    Working in this frame makes everything the network sees depend only on the canonical
+    voxels and spacing, so two storages of one physical grid (another axis order, rounding in
+    origin or direction) give bit-identical results. The rounding removes storage noise
+    (Slicer re-normalises a file's direction columns and moves their norm, e.g. 1.0000002,
+    into the spacing), far below any physical meaning.
+    """
+    framed = sitk.Image(image)
+    framed.SetSpacing([round(value, 5) for value in image.GetSpacing()])
+    framed.SetOrigin((0.0,) * image.GetDimension())
+    framed.SetDirection(np.eye(image.GetDimension()).ravel().tolist())
+    return framed
+
+
+def to_working_grid(
+    image: sitk.Image,
+    orientation: str,
+    spacing: Sequence[float],
+    preprocessing: Mapping[str, Any],
+) -> WorkingGrid:
+    """Reorient ``image`` to ``orientation``, resample it linearly to ``spacing`` (x, y, z mm;
+    skipped when already within 0.1%) and normalise its intensities."""
+    canonical = sitk.DICOMOrient(sitk.Cast(image, sitk.sitkFloat32), orientation)
+    oriented = index_frame(canonical)
+    if np.allclose(oriented.GetSpacing(), spacing, rtol=1e-3, atol=0):
+        working = oriented  # no interpolation: the way back is an exact permutation/flip
+    else:
+        working = geometry.resample_to_spacing(oriented, spacing, sitk.sitkLinear)
+    volume = normalize_intensity(sitk.GetArrayFromImage(working), preprocessing)
+    return WorkingGrid(orientation, canonical, oriented, working, volume)
+
+
+def label_to_working_grid(label: sitk.Image, grid: WorkingGrid) -> np.ndarray:
+    """A label map on the input grid of ``grid`` -> uint8 ``(z, y, x)`` on its working grid.
+
+    A binary label is resampled linearly as a float mask and thresholded at 0.5 (as inference
+    maps probabilities), a multi-class one with nearest neighbour.
+    """
+    oriented = index_frame(sitk.DICOMOrient(label, grid.orientation))
+    if not grid.resampled:
+        return sitk.GetArrayFromImage(oriented).astype(np.uint8)
+    if int(np.max(sitk.GetArrayViewFromImage(oriented), initial=0)) <= 1:
+        soft = sitk.Resample(
+            sitk.Cast(oriented, sitk.sitkFloat32), grid.working, sitk.Transform(), sitk.sitkLinear, 0.0
+        )
+        return (sitk.GetArrayFromImage(soft) >= 0.5).astype(np.uint8)
+    nearest = sitk.Resample(
+        oriented, grid.working, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
+    return sitk.GetArrayFromImage(nearest).astype(np.uint8)

@@ -1,0 +1,654 @@
+"""k-fold cross-validation run: train every fold, predict every case once, measure, report.
+
+Run folder layout (``output_dir``)::
+
+    run.json              config, cases, status ("incomplete" until the very end)
+    INCOMPLETE            marker file, removed when the run has finished
+    folds.json            subjects (and case ids) of every fold, with the seed
+    fold_K/last.pt        training state after the last finished epoch (resume point)
+    fold_K/best.pt        state_dict with the best validation Dice (atomic writes)
+    fold_K/log.csv        per-epoch log: train loss, validation loss and Dice, lr, seconds
+    fold_K/state.json     {"status": "done", best epoch, best validation Dice, ...}
+    fold_K/bundle/        the fold's best model as a bundle (used for its out-of-fold predictions)
+    training_log.csv      all folds' per-epoch logs
+    predictions/<case>.nii.gz   out-of-fold masks on each case's original grid
+    metrics_per_case.csv  the eight metrics per case; summary.json mean ± std; metrics_boxplot.png
+    model/                the final bundle (best fold by validation Dice) for ``pocketseg predict``
+
+Resuming (``resume=True``): finished folds (``state.json`` done) are skipped untouched; a fold in
+progress continues from ``last.pt`` (model, optimiser, scheduler and AMP scaler state; each epoch
+draws its random numbers from a seed derived from (seed, fold, epoch), so a resumed epoch samples
+what the original would have); the final prediction/report stage is redone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pocketseg_core.bundles import BundleConfig, LabelInfo, load_bundle, save_bundle
+from pocketseg_core.errors import Cancelled, PocketSegError
+from pocketseg_core.training import datasets
+from pocketseg_core.training.augment import build_augmentation
+from pocketseg_core.training.checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint
+from pocketseg_core.training.datasets import Case
+from pocketseg_core.training.distributed import (
+    DistributedContext,
+    context_from_environment,
+    unwrap_model,
+    wrap_model,
+)
+from pocketseg_core.training.losses import create_loss
+from pocketseg_core.training.presets import EpochScheduler, TrainingConfig, create_optimizer
+from pocketseg_core.training.report import (
+    format_summary,
+    summarize,
+    write_boxplot,
+    write_csv,
+    write_summary,
+)
+from pocketseg_core.training.sampling import TrainingVolume, prepare_volume, round_up_to_divisor, sample_batch
+
+logger = logging.getLogger(__name__)
+
+LOG_COLUMNS = ("fold", "epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds")
+CASE_COLUMNS = ("case", "subject", "fold", "dice", "hd_max", "hd_mean", "hd95", "voe", "rvd", "assd", "mssd")
+#: config keys that may differ when resuming (they do not change what is computed)
+RESUME_FREE_KEYS = ("device", "show_progress", "amp")
+#: share of the overall progress spent training (the rest: out-of-fold predictions, report)
+_TRAINING_SHARE = 0.9
+
+
+class TrainingCallbacks:
+    """Hooks for GUIs. Subclass and override; any object with these methods also works.
+
+    ``on_progress(fraction, message)`` is called often (every training step); returning ``False``
+    cancels the run (:class:`Cancelled` is raised; the run folder stays resumable).
+    ``on_epoch_end(fold, epoch, metrics)`` gets ``train_loss, val_loss, val_dice, lr, seconds``.
+    """
+
+    def on_progress(self, fraction: float, message: str) -> bool | None:
+        return None
+
+    def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
+        return None
+
+
+@dataclass
+class CrossValidationResult:
+    """What :func:`run_cross_validation` returns (rank 0; other ranks get ``summary`` empty)."""
+
+    run_dir: Path
+    bundle_path: Path | None = None
+    per_case_csv: Path | None = None
+    summary_json: Path | None = None
+    boxplot_png: Path | None = None
+    training_log_csv: Path | None = None
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_case: list[dict[str, Any]] = field(default_factory=list)
+    folds: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Progress:
+    """Forwards progress to the callbacks and raises :class:`Cancelled` on ``False``."""
+
+    def __init__(self, callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def __call__(self, fraction: float, message: str) -> None:
+        handler = getattr(self.callbacks, "on_progress", None)
+        if handler is not None and handler(min(max(fraction, 0.0), 1.0), message) is False:
+            raise Cancelled("training cancelled by the user; the run folder is kept and can be resumed")
+
+    def epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
+        handler = getattr(self.callbacks, "on_epoch_end", None)
+        if handler is not None:
+            handler(fold, epoch, dict(metrics))
+
+
+# ---------------------------------------------------------------------------- run state
+
+
+def _bundle_config(config: TrainingConfig, name: str, training_info: dict[str, Any]) -> BundleConfig:
+    return BundleConfig(
+        name=name,
+        network=config.network,
+        modality=config.modality,
+        labels=[LabelInfo.from_dict(label) for label in config.labels],
+        spacing=tuple(config.spacing),
+        window_mode=config.window_mode,
+        window_size_zyx=tuple(config.window_size_zyx),
+        network_args=_network_args(config),
+        preprocessing=dict(config.preprocessing),
+        orientation=config.orientation,
+        title=f"{config.network} trained with {config.name}",
+        description=(
+            "Trained by pocketseg train (k-fold cross-validation); research use only, not a clinical device."
+        ),
+        task=config.task,
+        training=training_info,
+    )
+
+
+def _network_args(config: TrainingConfig) -> dict[str, Any]:
+    """The network's arguments, with the output channels the labels need (background + labels)."""
+    args = dict(config.network_args)
+    args.setdefault("num_classes", max(int(label["value"]) for label in config.labels) + 1)
+    return args
+
+
+def _compare_configs(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    return sorted(
+        k for k in set(stored) | set(given) if k not in RESUME_FREE_KEYS and stored.get(k) != given.get(k)
+    )
+
+
+def _prepare_run_dir(config: TrainingConfig, run_dir: Path, resume: bool, ctx: DistributedContext) -> None:
+    run_file = run_dir / "run.json"
+    if run_file.is_file():
+        if not resume:
+            raise PocketSegError(
+                f"{run_dir} already holds a training run; pass --resume to continue it, or choose another --output"
+            )
+        stored = json.loads(run_file.read_text())
+        differing = _compare_configs(stored["config"], json.loads(json.dumps(config.to_dict())))
+        if differing:
+            raise PocketSegError(
+                f"cannot resume {run_dir}: the settings differ from the stored run in {differing}; "
+                f"resume with the same settings, or start a new --output folder"
+            )
+    elif run_dir.exists() and any(p for p in run_dir.iterdir() if not p.name.startswith(".")) and not resume:
+        raise PocketSegError(f"output folder {run_dir} is not empty; choose a new or empty folder")
+    ctx.barrier()  # every rank has checked before rank 0 writes
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "INCOMPLETE").write_text("this run has not finished; resume it with --resume\n")
+        state = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        state.update(status="incomplete", config=config.to_dict(), torch=torch.__version__)
+        state.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
+        atomic_write_text(run_file, json.dumps(state, indent=2))
+
+
+def _read_fold_state(fold_dir: Path) -> dict[str, Any] | None:
+    path = fold_dir / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _epoch_seed(seed: int, fold: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + fold * 10_007 + epoch * 101 + rank) % (2**31 - 1)
+
+
+def _validation_scores(
+    network: torch.nn.Module,
+    volumes: list[TrainingVolume],
+    config: TrainingConfig,
+    device: torch.device,
+    num_classes: int,
+) -> tuple[float, float]:
+    """Mean (soft L2 Dice loss, hard Dice) over whole validation volumes on the working grid.
+
+    Uses the inference's sliding window (same windows, blending and padding as ``pocketseg
+    predict``); the hard Dice is that of the argmax, mean over the foreground classes.
+    """
+    from pocketseg_core.inference import sliding_window_probabilities
+
+    losses, dices = [], []
+    network.eval()
+    for volume in volumes:
+        probabilities, _ = sliding_window_probabilities(
+            volume.image,
+            network,
+            config.window_size_zyx,
+            config.window_mode,
+            num_classes,
+            overlap=config.validation_overlap,
+            batch_size=config.batch_size,
+            device=device,
+            amp=config.amp,
+            fallback_device=None,
+        )
+        prediction = probabilities.argmax(dim=0).numpy()
+        for value in range(1, num_classes):
+            truth = volume.label == value
+            predicted = prediction == value
+            total = truth.sum() + predicted.sum()
+            dices.append(1.0 if total == 0 else 2.0 * np.logical_and(truth, predicted).sum() / total)
+            p = probabilities[value].numpy().astype(np.float64)
+            g = truth.astype(np.float64)
+            losses.append(1.0 - (2.0 * (p * g).sum() + 1e-6) / ((p * p).sum() + (g * g).sum() + 1e-6))
+    network.train()
+    return float(np.mean(losses)), float(np.mean(dices))
+
+
+def _split_validation(
+    train_subjects: list[str], test_subjects: list[str], config: TrainingConfig, fold: int
+) -> tuple[list[str], list[str], str]:
+    """(training subjects, validation subjects, how validation was chosen)."""
+    count = int(math.floor(config.validation_fraction * len(train_subjects)))
+    if count >= 1 and len(train_subjects) - count >= 1:
+        shuffled = sorted(train_subjects)
+        random.Random(config.seed * 7919 + fold).shuffle(shuffled)
+        validation = sorted(shuffled[:count])
+        return (
+            sorted(set(train_subjects) - set(validation)),
+            validation,
+            "held out from the training subjects",
+        )
+    # too few subjects to hold some out: the test fold picks the checkpoint (optimistic; logged)
+    logger.warning(
+        "fold %d: too few training subjects (%d) for a separate validation set; the held-out fold is "
+        "used for checkpoint selection, so its scores are optimistic",
+        fold,
+        len(train_subjects),
+    )
+    return list(train_subjects), list(test_subjects), "the held-out fold (too few subjects to hold some out)"
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _train_fold(
+    fold: int,
+    config: TrainingConfig,
+    run_dir: Path,
+    folds: list[list[str]],
+    cases: list[Case],
+    volumes: dict[str, TrainingVolume],
+    device: torch.device,
+    ctx: DistributedContext,
+    progress: _Progress,
+    progress_span: tuple[float, float],
+) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from pocketseg_core.networks import create_network
+
+    fold_dir = run_dir / f"fold_{fold}"
+    # with DDP all ranks train this fold and rank 0 writes; with folds spread over ranks, the owner writes
+    writer = ctx.is_main or not ctx.uses_ddp
+    if writer:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+    test_subjects = folds[fold - 1]
+    train_subjects = sorted({c.subject for c in cases} - set(test_subjects))
+    train_subjects, validation_subjects, validation_source = _split_validation(
+        train_subjects, test_subjects, config, fold
+    )
+    train_volumes = [volumes[c.case_id] for c in cases if c.subject in train_subjects]
+    validation_volumes = [volumes[c.case_id] for c in cases if c.subject in validation_subjects]
+
+    torch.manual_seed(_epoch_seed(config.seed, fold, 0, 0))  # same initial weights on every rank
+    network_args = _network_args(config)
+    model = create_network(config.network, **network_args).to(device)
+    num_classes = int(network_args["num_classes"])
+    divisor = tuple(int(d) for d in getattr(model, "spatial_divisor", (1, 1, 1)))
+    if config.window_mode == "slice2d":
+        divisor = (1, *divisor[-2:])
+        if config.patch_size_zyx[0] != 1:
+            raise PocketSegError("slice2d training needs patch_size_zyx[0] == 1 (one slice per patch)")
+    patch = round_up_to_divisor(tuple(config.patch_size_zyx), divisor)
+    optimizer = create_optimizer(model.parameters(), config.optimizer)
+    scheduler = EpochScheduler(optimizer, config.scheduler)
+    loss_function = create_loss(**config.loss)
+    augmentation = build_augmentation(config.augmentation)
+    amp_dtype = _amp_dtype(device) if config.amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "stale_epochs": 0, "history": []}
+    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
+    if last_path.is_file():
+        checkpoint = load_checkpoint(last_path)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = {key: checkpoint[key] for key in state}
+        logger.info("fold %d: resuming after epoch %d", fold, state["epoch"])
+    trained = wrap_model(model, ctx, device)
+    trained.train()
+
+    steps_total = config.epochs * config.steps_per_epoch
+    bar = tqdm(
+        total=steps_total,
+        initial=state["epoch"] * config.steps_per_epoch,
+        desc=f"fold {fold}/{config.folds}",
+        disable=not (config.show_progress and ctx.is_main),
+        leave=False,
+    )
+    span_start, span_end = progress_span
+    try:
+        for epoch in range(state["epoch"] + 1, config.epochs + 1):
+            started = time.perf_counter()
+            epoch_seed = _epoch_seed(config.seed, fold, epoch, ctx.rank)
+            rng = np.random.default_rng(epoch_seed)
+            generator = torch.Generator().manual_seed(epoch_seed)
+            torch.manual_seed(epoch_seed)
+            learning_rate = float(optimizer.param_groups[0]["lr"])
+            running = 0.0
+            for step in range(config.steps_per_epoch):
+                images, labels = sample_batch(
+                    train_volumes, config.batch_size, patch, config.foreground_fraction, rng
+                )
+                if config.window_mode == "slice2d":
+                    images, labels = images[:, :, 0], labels[:, 0]
+                images, labels = augmentation(images, labels, generator)
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    output = trained(images)
+                    loss = loss_function(output, labels)
+                if not torch.isfinite(loss):
+                    raise PocketSegError(
+                        f"fold {fold} epoch {epoch}: the loss became {float(loss)}; lower the learning rate "
+                        f"(optimizer.lr) or check the images' intensities"
+                    )
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                running += float(loss.detach())
+                bar.update(1)
+                done = (epoch - 1) * config.steps_per_epoch + step + 1
+                progress(
+                    span_start + (span_end - span_start) * done / steps_total,
+                    f"fold {fold}/{config.folds}, epoch {epoch}/{config.epochs}, loss {running / (step + 1):.4f}",
+                )
+            val_loss, val_dice = _validation_scores(model, validation_volumes, config, device, num_classes)
+            scheduler.step(val_loss)
+            seconds = time.perf_counter() - started
+            metrics = {
+                "fold": fold,
+                "epoch": epoch,
+                "train_loss": running / config.steps_per_epoch,
+                "val_loss": val_loss,
+                "val_dice": val_dice,
+                "lr": learning_rate,
+                "seconds": seconds,
+            }
+            state["history"].append(metrics)
+            state["epoch"] = epoch
+            if val_dice > state["best_dice"]:
+                state.update(best_dice=val_dice, best_epoch=epoch, stale_epochs=0)
+                if writer:
+                    atomic_torch_save(_cpu_state(model), best_path)
+            else:
+                state["stale_epochs"] += 1
+            if writer:
+                checkpoint = {
+                    "model": _cpu_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    **state,
+                }
+                atomic_torch_save(checkpoint, last_path)
+                write_csv(fold_dir / "log.csv", state["history"], LOG_COLUMNS)
+                if not ctx.enabled:  # one writer: keep the run-level log live for GUIs
+                    _write_run_log(run_dir, config.folds)
+            bar.set_postfix(
+                loss=f"{metrics['train_loss']:.4f}", val_dice=f"{val_dice:.4f}", lr=f"{learning_rate:.2e}"
+            )
+            logger.info(
+                "fold %d epoch %d: loss %.4f, val loss %.4f, val Dice %.4f, lr %.2e, %.1f s",
+                fold, epoch, metrics["train_loss"], val_loss, val_dice, learning_rate, seconds,
+            )  # fmt: skip
+            progress.epoch_end(fold, epoch, {k: v for k, v in metrics.items() if k not in ("fold", "epoch")})
+            patience = config.early_stopping_patience
+            if patience is not None and state["stale_epochs"] >= patience:
+                logger.info(
+                    "fold %d: early stop after epoch %d (best epoch %d)", fold, epoch, state["best_epoch"]
+                )
+                break
+    finally:
+        bar.close()
+
+    summary = {
+        "status": "done",
+        "fold": fold,
+        "best_epoch": state["best_epoch"],
+        "best_val_dice": state["best_dice"],
+        "epochs_run": state["epoch"],
+        "train_subjects": train_subjects,
+        "validation_subjects": validation_subjects,
+        "validation": validation_source,
+        "test_subjects": test_subjects,
+    }
+    if writer:
+        best_state = load_checkpoint(best_path)
+        save_bundle(
+            fold_dir / "bundle",
+            _bundle_config(
+                config, f"{config.name}-fold{fold}", {"fold": fold, **_brief(summary), "seed": config.seed}
+            ),
+            best_state,
+        )
+        atomic_write_text(fold_dir / "state.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _write_run_log(run_dir: Path, n_folds: int) -> Path:
+    """``training_log.csv``: every fold's ``log.csv`` rows, in fold order."""
+    rows: list[dict[str, Any]] = []
+    for fold in range(1, n_folds + 1):
+        path = run_dir / f"fold_{fold}" / "log.csv"
+        if path.is_file():
+            with open(path, newline="") as handle:
+                rows.extend(csv.DictReader(handle))
+    return write_csv(run_dir / "training_log.csv", rows, LOG_COLUMNS)
+
+
+def _brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("best_epoch", "best_val_dice", "epochs_run", "validation")}
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()}
+
+
+# ------------------------------------------------------------------------- the whole run
+
+
+def run_cross_validation(
+    config: TrainingConfig,
+    output_dir: str | Path,
+    resume: bool = False,
+    callbacks: Any = None,
+    distributed: DistributedContext | None = None,
+) -> CrossValidationResult:
+    """Train ``config.folds`` folds on ``config.dataset`` and report out-of-fold accuracy.
+
+    Args:
+        config: the run's settings (see :mod:`pocketseg_core.training.presets`).
+        output_dir: the run folder (layout in the module docstring); must be new or empty unless
+            ``resume``.
+        resume: continue the run stored in ``output_dir`` (same settings required, except the
+            device).
+        callbacks: see :class:`TrainingCallbacks`.
+        distributed: the torchrun context (default: from the environment; a single process).
+
+    Returns:
+        :class:`CrossValidationResult` (paths of the artefacts, summary, per-case rows).
+
+    Raises:
+        DatasetError: bad dataset (empty, too few subjects for the folds, bad labels or grids).
+        Cancelled: the progress callback returned ``False``.
+        CheckpointWriteError: a checkpoint could not be written (the previous one is kept).
+    """
+    from pocketseg_core.inference import resolve_device
+
+    ctx = distributed or context_from_environment(config.distributed_mode)
+    run_dir = Path(output_dir)
+    progress = _Progress(callbacks)
+    _bundle_config(config, config.name, {})  # refuse a config inference could not use, before any work
+
+    label_map = {int(k): int(v) for k, v in config.label_map.items()} if config.label_map else None
+    cases = datasets.discover_cases(config.dataset, label_map)
+    folds = datasets.make_folds(cases, config.folds, config.seed)
+    _prepare_run_dir(config, run_dir, resume, ctx)
+    folds_file = run_dir / "folds.json"
+    if resume and folds_file.is_file():
+        stored_folds = datasets.load_folds(folds_file)
+        if stored_folds != folds:
+            raise PocketSegError(
+                f"cannot resume {run_dir}: the dataset's subjects differ from those in folds.json "
+                f"(cases were added or removed); start a new --output folder"
+            )
+    elif ctx.is_main:
+        datasets.save_folds(folds_file, folds, cases, config.seed)
+        run_state = json.loads((run_dir / "run.json").read_text())
+        run_state["cases"] = [case.to_dict() for case in cases]
+        atomic_write_text(run_dir / "run.json", json.dumps(run_state, indent=2))
+    ctx.barrier()
+
+    messages: list[str] = []
+    device = ctx.device_for(resolve_device(config.device, messages))
+    for message in messages:
+        logger.warning(message)
+
+    my_folds = ctx.folds_to_train(config.folds)
+    pending = [
+        fold
+        for fold in my_folds
+        if (_read_fold_state(run_dir / f"fold_{fold}") or {}).get("status") != "done"
+    ]
+    if pending:
+        progress(0.0, f"preparing {len(cases)} case(s)")
+        volumes = {}
+        for index, case in enumerate(cases):
+            image, label = datasets.load_case(case)
+            volumes[case.case_id] = prepare_volume(
+                case.case_id, image, label, tuple(config.spacing), config.orientation, config.preprocessing
+            )
+            progress(0.02 * (index + 1) / len(cases), f"prepared {case.case_id}")
+    for index, fold in enumerate(my_folds):
+        span = (_TRAINING_SHARE * index / len(my_folds), _TRAINING_SHARE * (index + 1) / len(my_folds))
+        if fold not in pending:
+            logger.info("fold %d already finished; skipped", fold)
+            continue
+        _train_fold(fold, config, run_dir, folds, cases, volumes, device, ctx, progress, span)
+    ctx.barrier()
+
+    result = CrossValidationResult(run_dir=run_dir)
+    if ctx.is_main:
+        result = _finish(config, run_dir, folds, cases, device, progress)
+    ctx.barrier()
+    return result
+
+
+def _finish(
+    config: TrainingConfig,
+    run_dir: Path,
+    folds: list[list[str]],
+    cases: list[Case],
+    device: torch.device,
+    progress: _Progress,
+) -> CrossValidationResult:
+    """Out-of-fold predictions with each fold's bundle, metrics, summary, figure, final bundle."""
+    from pocketseg_core.inference import InferenceOptions, segment_image
+    from pocketseg_core.io import read_image, write_image
+    from pocketseg_core.metrics import compute_metrics
+
+    fold_states = []
+    for fold in range(1, config.folds + 1):
+        state = _read_fold_state(run_dir / f"fold_{fold}")
+        if not state or state.get("status") != "done":
+            raise PocketSegError(f"fold {fold} has not finished; rerun with --resume to train it")
+        fold_states.append(state)
+
+    predictions_dir = run_dir / "predictions"
+    predictions_dir.mkdir(exist_ok=True)
+    options = InferenceOptions(
+        device=str(device), amp=config.amp, batch_size=config.batch_size,
+        keep_largest_component=config.keep_largest_component,
+    )  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    done = 0
+    for fold, subjects in enumerate(folds, start=1):
+        bundle = load_bundle(run_dir / f"fold_{fold}" / "bundle")
+        network = bundle.build_network(device)
+        for case in (c for c in cases if c.subject in subjects):
+            image = read_image(case.image_path)
+            result = segment_image(image, bundle, options, network=network)
+            write_image(result.mask, predictions_dir / f"{case.case_id}.nii.gz")
+            _, reference = datasets.load_case(case)
+            metrics = compute_metrics(reference, result.mask, label=int(config.labels[0]["value"]))
+            rows.append({"case": case.case_id, "subject": case.subject, "fold": fold, **metrics})
+            done += 1
+            progress(
+                _TRAINING_SHARE + (1 - _TRAINING_SHARE) * done / len(cases),
+                f"out-of-fold prediction {done}/{len(cases)}: {case.case_id} Dice {metrics['dice']:.4f}",
+            )
+
+    per_case_csv = write_csv(run_dir / "metrics_per_case.csv", rows, CASE_COLUMNS)
+    summary = summarize(rows)
+    log_csv = _write_run_log(run_dir, config.folds)
+
+    best = max(fold_states, key=lambda s: s["best_val_dice"])
+    best_state = load_checkpoint(run_dir / f"fold_{best['fold']}" / "best.pt")
+    training_info = {
+        "preset": config.name,
+        "fold": best["fold"],
+        **_brief(best),
+        "folds": config.folds,
+        "seed": config.seed,
+        "out_of_fold_dice_mean": summary["dice"]["mean"],
+        "out_of_fold_dice_std": summary["dice"]["std"],
+        "cases": len(cases),
+        "selection": "the fold with the best validation Dice",
+    }
+    bundle_path = save_bundle(
+        run_dir / "model",
+        _bundle_config(config, f"{config.name}-{config.network}", training_info),
+        best_state,
+    )
+    summary_json = write_summary(
+        run_dir / "summary.json",
+        summary,
+        {
+            "folds": fold_states,
+            "bundle": str(bundle_path),
+            "best_fold": best["fold"],
+            "config": config.to_dict(),
+        },
+    )
+    boxplot = write_boxplot(
+        run_dir / "metrics_boxplot.png",
+        rows,
+        f"{config.network} ({config.name}), {config.folds}-fold out-of-fold",
+    )
+    print(f"Out-of-fold accuracy over {len(rows)} case(s) ({config.folds} folds):")
+    print(format_summary(summary))
+
+    run_state = json.loads((run_dir / "run.json").read_text())
+    run_state.update(status="complete", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+    atomic_write_text(run_dir / "run.json", json.dumps(run_state, indent=2))
+    (run_dir / "INCOMPLETE").unlink(missing_ok=True)
+    progress(1.0, "cross-validation finished")
+    return CrossValidationResult(
+        run_dir=run_dir,
+        bundle_path=bundle_path,
+        per_case_csv=per_case_csv,
+        summary_json=summary_json,
+        boxplot_png=boxplot,
+        training_log_csv=log_csv,
+        summary=summary,
+        per_case=rows,
+        folds=fold_states,
+    )

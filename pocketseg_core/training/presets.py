@@ -1,0 +1,261 @@
+"""Training configurations as data: :class:`TrainingConfig`, the papers' presets, optimisers and schedulers by name.
+
+A config is a plain dataclass that round-trips through JSON (it is stored in the run folder so
+a run can be resumed and reproduced). Presets are dicts of overrides on the defaults:
+
+* ``pocketnet-nfbs``: PocketNet section 3 on NFBS: 3D U-Net (pocket) on 5-slice slabs
+  (256 x 256 x 5 at 1 mm), L2 Dice, Adam 1e-3, halved on plateau, batch 4, sagittal flip,
+  5 folds, largest connected component, MR z-score.
+* ``pocketnet-lits``: the same on LiTS with the 2D network on axial slices (256 x 256, batch 16,
+  CT window [-100, 200] HU).
+* ``lvnet-lits``: LV-Net section 3-4: 16 x 256 x 256 blocks, CE + deep supervision
+  (0.2/0.4/0.6/0.8), Adam 1e-3 with weight decay 1e-5, lr x 0.9 per epoch, early stop on the
+  validation set, CT window [-200, 200] HU then z-score (LV-Net section 4.1).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from pocketseg_core.errors import PocketSegError
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a cross-validation run needs, besides the data.
+
+    Spacings are mm in SimpleITK ``(x, y, z)`` order; patch and window sizes in torch
+    ``(z, y, x)`` order (window 0 = whole axis, as in :class:`~pocketseg_core.bundles.BundleConfig`).
+    """
+
+    name: str = "custom"
+    dataset: str = ""
+    #: raw label value -> class (``None``: the dataset layout's default, see datasets.py)
+    label_map: dict[str, int] | None = None
+    network: str = "pocket_unet3d"
+    network_args: dict[str, Any] = field(default_factory=dict)
+    modality: str = "MR"
+    preprocessing: dict[str, Any] = field(default_factory=lambda: {"kind": "mr_zscore"})
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    orientation: str = "LPS"
+    #: inference windows (bundle): ``patch3d``, ``slab`` or ``slice2d``
+    window_mode: str = "slab"
+    window_size_zyx: tuple[int, int, int] = (5, 0, 0)
+    #: training patch; each size is rounded up to the network's spatial_divisor
+    patch_size_zyx: tuple[int, int, int] = (5, 256, 256)
+    #: share of patches centred on a random foreground voxel (the rest: uniform)
+    foreground_fraction: float = 0.5
+    loss: dict[str, Any] = field(default_factory=lambda: {"name": "dice_l2"})
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
+    scheduler: dict[str, Any] = field(
+        default_factory=lambda: {"name": "plateau", "factor": 0.5, "patience": 10}
+    )
+    augmentation: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "flip", "p": 0.5}])
+    batch_size: int = 4
+    epochs: int = 100
+    steps_per_epoch: int = 100
+    #: stop a fold when the validation Dice has not improved for this many epochs (None: never)
+    early_stopping_patience: int | None = None
+    folds: int = 5
+    seed: int = 0
+    #: share of the training subjects held out for validation (checkpoint choice, plateau,
+    #: early stop). When too few subjects remain, the held-out fold itself is used (logged).
+    validation_fraction: float = 0.2
+    validation_overlap: float = 0.25
+    keep_largest_component: bool = True
+    device: str = "auto"
+    amp: bool = True
+    #: "folds": spread folds over torchrun ranks; "ddp": DistributedDataParallel inside each fold
+    distributed_mode: str = "folds"
+    show_progress: bool = True
+    labels: list[dict[str, Any]] = field(
+        default_factory=lambda: [{"value": 1, "name": "Structure", "color": [1.0, 1.0, 0.0]}]
+    )
+    task: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("spacing", "window_size_zyx", "patch_size_zyx"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PocketSegError(f"unknown training config keys {unknown}; known keys: {sorted(known)}")
+        values = dict(data)
+        for key in ("spacing", "window_size_zyx", "patch_size_zyx"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainingConfig:
+        """A copy with ``changes`` (unknown keys raise)."""
+        return TrainingConfig.from_dict({**copy.deepcopy(self.to_dict()), **changes})
+
+
+_BRAIN_LABEL = {
+    "value": 1,
+    "name": "Brain",
+    "color": [0.87, 0.7, 0.6],
+    "terminology": {
+        "category": {
+            "CodingSchemeDesignator": "SCT",
+            "CodeValue": "123037004",
+            "CodeMeaning": "Anatomical Structure",
+        },
+        "type": {"CodingSchemeDesignator": "SCT", "CodeValue": "12738006", "CodeMeaning": "Brain"},
+    },
+}
+_LIVER_LABEL = {
+    "value": 1,
+    "name": "Liver",
+    "color": [0.86, 0.55, 0.42],
+    "terminology": {
+        "category": {
+            "CodingSchemeDesignator": "SCT",
+            "CodeValue": "123037004",
+            "CodeMeaning": "Anatomical Structure",
+        },
+        "type": {"CodingSchemeDesignator": "SCT", "CodeValue": "10200004", "CodeMeaning": "Liver"},
+    },
+}
+
+#: preset name -> overrides of the :class:`TrainingConfig` defaults
+PRESETS: dict[str, dict[str, Any]] = {
+    "pocketnet-nfbs": {
+        "name": "pocketnet-nfbs",
+        "network": "pocket_unet3d",
+        "modality": "MR",
+        "preprocessing": {"kind": "mr_zscore"},
+        "spacing": (1.0, 1.0, 1.0),  # NFBS is 1 mm isotropic (section 3)
+        "window_mode": "slab",
+        "window_size_zyx": (5, 0, 0),  # 5-slice slabs of whole slices
+        "patch_size_zyx": (5, 256, 256),
+        "loss": {"name": "dice_l2"},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        # paper: "reduced by a factor of two once learning stagnates"; patience not given
+        "scheduler": {"name": "plateau", "factor": 0.5, "patience": 10},
+        "augmentation": [{"name": "flip", "p": 0.5}],
+        "batch_size": 4,
+        "folds": 5,
+        "keep_largest_component": True,
+        "labels": [_BRAIN_LABEL],
+        "task": "skullstrip",
+    },
+    "pocketnet-lits": {
+        "name": "pocketnet-lits",
+        "network": "pocket_unet2d",
+        "modality": "CT",
+        "preprocessing": {"kind": "ct_window", "window": [-100, 200], "normalize": "unit"},
+        # 512 x 512 slices of ~0.7-0.8 mm down-sampled to 256 (section 3) ~ 1.5 mm in-plane;
+        # slices are resampled to 2.5 mm (paper silent: LiTS slice thickness varies 0.7-5 mm)
+        "spacing": (1.5, 1.5, 2.5),
+        "window_mode": "slice2d",
+        "window_size_zyx": (1, 0, 0),
+        "patch_size_zyx": (1, 256, 256),
+        "loss": {"name": "dice_l2"},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "scheduler": {"name": "plateau", "factor": 0.5, "patience": 10},
+        "augmentation": [{"name": "flip", "p": 0.5}],
+        "batch_size": 16,
+        "folds": 5,
+        "keep_largest_component": True,
+        "labels": [_LIVER_LABEL],
+        "task": "liver",
+    },
+    "lvnet-lits": {
+        "name": "lvnet-lits",
+        "network": "lvnet",
+        "modality": "CT",
+        "preprocessing": {"kind": "ct_window", "window": [-200, 200], "normalize": "zscore"},
+        "spacing": (1.5, 1.5, 2.5),
+        "window_mode": "slab",
+        "window_size_zyx": (16, 0, 0),  # 16 sequential slices of whole (resized) slices, section 3.1
+        "patch_size_zyx": (16, 256, 256),
+        "loss": {"name": "deep_supervision_ce", "aux_weights": [0.2, 0.4, 0.6, 0.8]},
+        "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 1e-5},
+        "scheduler": {"name": "exponential", "gamma": 0.9},
+        "augmentation": [],
+        "batch_size": 4,
+        # "the model achieves the best performance on validation set ... after about 20 epochs"
+        "early_stopping_patience": 10,
+        "folds": 5,
+        "keep_largest_component": True,
+        "labels": [_LIVER_LABEL],
+        "task": "liver",
+    },
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def config_from_preset(name: str, **overrides: Any) -> TrainingConfig:
+    """The :class:`TrainingConfig` of preset ``name`` with ``overrides`` (config keys) applied."""
+    if name not in PRESETS:
+        raise PocketSegError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return TrainingConfig.from_dict({**copy.deepcopy(PRESETS[name]), **overrides})
+
+
+# ------------------------------------------------------------------ optimisers and schedulers
+
+
+def create_optimizer(parameters, spec: dict[str, Any]) -> torch.optim.Optimizer:
+    """``{"name": "adam"|"adamw"|"sgd", "lr": ..., ...}`` -> optimizer over ``parameters``."""
+    params = dict(spec)
+    name = params.pop("name", "adam")
+    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    if name not in classes:
+        raise PocketSegError(f"unknown optimizer {name!r}; choose one of {', '.join(classes)}")
+    try:
+        return classes[name](parameters, **params)
+    except TypeError as error:
+        raise PocketSegError(f"optimizer {name!r} does not accept {params}: {error}") from error
+
+
+#: scheduler name -> (class, whether ``step`` takes the validation loss)
+SCHEDULERS: dict[str, tuple[type, bool]] = {
+    "plateau": (torch.optim.lr_scheduler.ReduceLROnPlateau, True),
+    "exponential": (torch.optim.lr_scheduler.ExponentialLR, False),
+    "step": (torch.optim.lr_scheduler.StepLR, False),
+    "cosine": (torch.optim.lr_scheduler.CosineAnnealingLR, False),
+    "constant": (torch.optim.lr_scheduler.ConstantLR, False),
+}
+
+
+class EpochScheduler:
+    """A learning-rate scheduler stepped once per epoch, with the validation loss where it needs one."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, spec: dict[str, Any]) -> None:
+        params = dict(spec)
+        name = params.pop("name", "constant")
+        if name not in SCHEDULERS:
+            raise PocketSegError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+        scheduler_class, self.needs_metric = SCHEDULERS[name]
+        if name == "constant":
+            params = {"factor": 1.0, "total_iters": 0, **params}
+        try:
+            self.scheduler = scheduler_class(optimizer, **params)
+        except TypeError as error:
+            raise PocketSegError(f"scheduler {name!r} does not accept {params}: {error}") from error
+
+    def step(self, validation_loss: float) -> None:
+        if self.needs_metric:
+            self.scheduler.step(validation_loss)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)

@@ -1,0 +1,111 @@
+"""Training volumes preprocessed once per case (cached in memory) and random patch sampling.
+
+Preprocessing is :func:`pocketseg_core.preprocessing.to_working_grid`, the very function
+inference uses, so the network sees at training exactly what it will see at inference; the
+label follows with :func:`~pocketseg_core.preprocessing.label_to_working_grid`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from pocketseg_core.preprocessing import label_to_working_grid, to_working_grid
+
+
+@dataclass
+class TrainingVolume:
+    """One case on the working grid: ``image`` float32 ``(z, y, x)``, ``label`` uint8 ``(z, y, x)``,
+    and a sample of foreground coordinates ``(N, 3)`` for foreground-centred patches."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    foreground: np.ndarray
+
+
+def prepare_volume(
+    case_id: str,
+    image: sitk.Image,
+    label: sitk.Image,
+    spacing: tuple[float, float, float],
+    orientation: str,
+    preprocessing: dict,
+    max_foreground_points: int = 20000,
+) -> TrainingVolume:
+    """Image and label (same grid) -> :class:`TrainingVolume` on the working grid (see module doc)."""
+    grid = to_working_grid(image, orientation, spacing, preprocessing)
+    volume = grid.volume.astype(np.float32)
+    label_array = label_to_working_grid(label, grid)
+    foreground = np.argwhere(label_array > 0)
+    if len(foreground) > max_foreground_points:
+        keep = np.random.default_rng(0).choice(len(foreground), max_foreground_points, replace=False)
+        foreground = foreground[np.sort(keep)]
+    return TrainingVolume(case_id, volume, label_array, foreground.astype(np.int64))
+
+
+def round_up_to_divisor(size_zyx: tuple[int, ...], divisor_zyx: tuple[int, ...]) -> tuple[int, ...]:
+    """Each patch size rounded up to a multiple of the network's divisor."""
+    return tuple(int(-(-size // d) * d) for size, d in zip(size_zyx, divisor_zyx, strict=True))
+
+
+def extract_patch(
+    volume: TrainingVolume, start_zyx: np.ndarray, patch_zyx: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The patch at ``start_zyx`` (may reach outside: padded with the image minimum and label 0)."""
+    shape = np.array(volume.image.shape)
+    start = np.asarray(start_zyx)
+    stop = start + np.array(patch_zyx)
+    image_patch = np.full(patch_zyx, volume.image.min(), dtype=np.float32)
+    label_patch = np.zeros(patch_zyx, dtype=np.uint8)
+    source_start = np.maximum(start, 0)
+    source_stop = np.minimum(stop, shape)
+    if np.any(source_stop <= source_start):
+        return image_patch, label_patch
+    target_start = source_start - start
+    target_stop = target_start + (source_stop - source_start)
+    source = tuple(slice(a, b) for a, b in zip(source_start, source_stop, strict=True))
+    target = tuple(slice(a, b) for a, b in zip(target_start, target_stop, strict=True))
+    image_patch[target] = volume.image[source]
+    label_patch[target] = volume.label[source]
+    return image_patch, label_patch
+
+
+def sample_batch(
+    volumes: list[TrainingVolume],
+    batch_size: int,
+    patch_zyx: tuple[int, int, int],
+    foreground_fraction: float,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch: ``image (B, 1, *patch)`` float32, ``label (B, *patch)`` long.
+
+    Each patch comes from a random case; with probability ``foreground_fraction`` it is centred
+    on a random foreground voxel (the paper is silent; sampling foreground keeps a small structure
+    from being swamped by background), else its start is uniform over the volume (patches
+    larger than the volume along an axis are centred with random jitter and padded).
+    """
+    images, labels = [], []
+    patch = np.array(patch_zyx)
+    for _ in range(batch_size):
+        volume = volumes[int(rng.integers(len(volumes)))]
+        shape = np.array(volume.image.shape)
+        if len(volume.foreground) and rng.random() < foreground_fraction:
+            centre = volume.foreground[int(rng.integers(len(volume.foreground)))]
+            start = centre - patch // 2 + rng.integers(-(patch // 4), patch // 4 + 1)
+        else:
+            span = shape - patch
+            start = np.where(
+                span >= 0,
+                rng.integers(0, np.maximum(span, 0) + 1),
+                span // 2 + rng.integers(-(np.abs(span) // 4), np.abs(span) // 4 + 1),
+            )
+        image_patch, label_patch = extract_patch(volume, start, tuple(int(p) for p in patch))
+        images.append(image_patch)
+        labels.append(label_patch)
+    image_tensor = torch.from_numpy(np.stack(images))[:, None]
+    label_tensor = torch.from_numpy(np.stack(labels)).long()
+    return image_tensor, label_tensor

@@ -1,4 +1,5 @@
-"""Mask clean-up on the physical grid with SimpleITK: largest component, hole filling.
+"""Mask clean-up on the physical grid with SimpleITK (largest component, hole filling), and the
+masked ("skull-stripped") volume.
 
 PocketNet section 3: "As a post-processing step, we select the largest connected component in
 each predicted segmentation mask." Done per label, so a multi-label mask keeps one component
@@ -45,3 +46,21 @@ def fill_holes(mask: sitk.Image) -> sitk.Image:
     result = sitk.GetImageFromArray(output)
     result.CopyInformation(mask)
     return result
+
+
+def mask_array(values: np.ndarray, inside: np.ndarray, modality: str) -> np.ndarray:
+    """``values`` where ``inside`` is set, background elsewhere (same dtype).
+
+    The background is 0 for MR (a skull-stripped brain on black, as FSL's BET writes it) and the
+    image's minimum for CT (air, so that CT windowing still shows the kept region naturally).
+    """
+    background = values.min() if modality == "CT" else 0
+    return np.where(inside, values, np.asarray(background, dtype=values.dtype)).astype(values.dtype)
+
+
+def masked_volume(image: sitk.Image, mask: sitk.Image, modality: str) -> sitk.Image:
+    """The input image with everything outside ``mask`` set to the background (see :func:`mask_array`)."""
+    values = sitk.GetArrayFromImage(image)
+    masked = sitk.GetImageFromArray(mask_array(values, sitk.GetArrayViewFromImage(mask) > 0, modality))
+    masked.CopyInformation(image)
+    return masked

@@ -21,20 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import SimpleITK as sitk
 
 from pocketseg_core.errors import InputImageError, PocketSegError
+from pocketseg_core.postprocessing import mask_array
 from PocketSegLib import comparison, segmentation, volume_io
 from PocketSegLib.runner import BackgroundRun, ProgressCallback
 from PocketSegLib.scene_context import SlicerContext, default_context
 
 #: the two buttons: task alias of the catalog -> what it is for (shown in the GUI)
 TASKS: dict[str, str] = {"skullstrip": "Skull strip (T1 MRI)", "liver": "Segment liver (CT)"}
-
-#: value outside the mask in the skull-stripped (masked) volume: 0 for MR; for CT the image's
-#: minimum (air), so that windowing still shows the masked region naturally
-MASKED_BACKGROUND_MR = 0.0
 
 
 @dataclass
@@ -241,8 +237,7 @@ class PocketSegLogic:
             raise PocketSegError("the mask does not have the volume's size; cannot mask the volume")
         is_brain = prepared is not None and prepared.task == "skullstrip"
         modality = prepared.bundle.config.modality if prepared is not None else "MR"
-        background = MASKED_BACKGROUND_MR if modality == "MR" else float(array.min())
-        masked = np.where(inside, array, np.asarray(background, dtype=array.dtype)).astype(array.dtype)
+        masked = mask_array(array, inside, modality)
         image = volume_io.image_from_array_on_volume(masked, volume_node)
         name = f"{volume_node.GetName()} {'skull-stripped' if is_brain else 'masked'}"
         node = volume_io.volume_node_from_image(self.context.scene, image, name)

@@ -28,6 +28,7 @@ from pocketseg_core.io import (
     strip_image_extension,
     write_image,
 )
+from pocketseg_core.postprocessing import masked_volume
 
 TASKS = ("skullstrip", "liver")
 
@@ -219,7 +220,7 @@ def predict_one(job: PredictJob, bundle: ModelBundle, options, show_progress: bo
     written: list[Path] = []
     try:
         if job.masked_volume is not None:
-            masked = sitk.Mask(image, sitk.Cast(result.mask > 0, sitk.sitkUInt8), outsideValue=0)
+            masked = masked_volume(image, result.mask, bundle.config.modality)
             written.append(write_image(masked, job.masked_volume))
         if job.probabilities is not None and result.probabilities is not None:
             written.append(write_image(result.probabilities, job.probabilities))

@@ -167,3 +167,20 @@ def test_extension_description_file():
         assert fields.get(key), key
     assert fields["category"] == "Segmentation"
     assert "PyTorch" in fields["depends"].split()
+
+
+def test_module_logic_loads_without_torch():
+    """Both modules must load in a Slicer without torch, to offer installing it: their logic
+    packages may import torch only when a run starts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path[:0] = ['PocketSeg', 'PocketSegTrain'];"
+        "import PocketSegLib.logic, PocketSegLib.comparison, PocketSegTrainLib.logic;"
+        "print('torch' in sys.modules)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == "False"

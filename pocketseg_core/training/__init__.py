@@ -4,9 +4,30 @@ Entry point: :func:`run_cross_validation` with a :class:`TrainingConfig` (usuall
 :func:`config_from_preset`); the command line is ``pocketseg train`` (docs/training.md).
 """
 
-from pocketseg_core.training.crossval import CrossValidationResult, TrainingCallbacks, run_cross_validation
-from pocketseg_core.training.datasets import Case, discover_cases, make_folds
-from pocketseg_core.training.presets import PRESETS, TrainingConfig, config_from_preset, preset_names
+import importlib
+from typing import Any
+
+# Names are imported on first use (PEP 562): the Slicer modules import light sub-modules such as
+# ``report`` and must load without torch, so that they can offer to install it.
+_EXPORTS = {
+    "CrossValidationResult": "crossval",
+    "TrainingCallbacks": "crossval",
+    "run_cross_validation": "crossval",
+    "Case": "datasets",
+    "discover_cases": "datasets",
+    "make_folds": "datasets",
+    "PRESETS": "presets",
+    "TrainingConfig": "presets",
+    "config_from_preset": "presets",
+    "preset_names": "presets",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
 
 __all__ = [
     "PRESETS",

@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pocketseg_core.errors import PocketSegError
 
 
@@ -54,6 +52,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically. Serialisation happens in memory first, so a failure
     while pickling or while writing leaves the previous file as it was."""
+    import torch  # here, not at the top: report.py uses this module and must load without torch
+
     buffer = io.BytesIO()
     try:
         torch.save(obj, buffer)
@@ -64,6 +64,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike) -> Any:
     """A checkpoint written by :func:`atomic_torch_save`, loaded with ``weights_only=True`` on the CPU."""
+    import torch
+
     try:
         return torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as error:

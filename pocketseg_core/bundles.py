@@ -345,6 +345,12 @@ def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
         )
     data = weights_path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
+    shipped = _shipped_entry_at(folder)
+    if shipped is not None and shipped.weights_sha256 and actual != shipped.weights_sha256:
+        raise BundleError(
+            f"{weights_path} is not the file the model catalog ships (sha256 {actual[:12]}..., catalog "
+            f"{shipped.weights_sha256[:12]}...): the installation was modified; reinstall PocketSeg"
+        )
     if actual != config.weights_sha256:
         raise BundleError(
             f"{weights_path} fails its checksum (sha256 {actual[:12]}..., expected "
@@ -385,6 +391,7 @@ class CatalogEntry:
     modality: str
     source: str  # "shipped" or "user"
     version: str = ""
+    weights_sha256: str = ""  # shipped entries: the catalog's own record of the weights
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -413,9 +420,16 @@ def _shipped_entries() -> list[CatalogEntry]:
                 modality=item.get("modality", ""),
                 source="shipped",
                 version=str(item.get("version", "")),
+                weights_sha256=str(item.get("weights_sha256", "")),
             )
         )
     return entries
+
+
+def _shipped_entry_at(folder: Path) -> CatalogEntry | None:
+    """The shipped catalog entry whose bundle is ``folder``, if any."""
+    resolved = folder.resolve()
+    return next((e for e in _shipped_entries() if e.path.resolve() == resolved), None)
 
 
 def _user_entries() -> list[CatalogEntry]:
@@ -479,11 +493,13 @@ def resolve_bundle(name_or_path: str | os.PathLike) -> Path:
         return candidate.parent
     text = str(name_or_path)
     entries = list_bundles()
-    # User bundles override shipped ones of the same name or task: the user trained them on purpose.
+    # A name is explicit: the user's bundle of that name wins. A task alias (the one-click
+    # buttons) means the shipped model; a user's model of the task serves only when none is
+    # shipped, so training a model never silently changes what the buttons do.
     for entry in reversed(entries):
         if entry.name == text:
             return entry.path
-    for entry in reversed(entries):
+    for entry in entries:
         if entry.task == text:
             return entry.path
     if text in ("skullstrip", "liver"):

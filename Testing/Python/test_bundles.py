@@ -9,6 +9,7 @@ import pytest
 import torch
 from tiny_bundles import make_tiny_bundle, tiny_config
 
+from pocketseg_core import bundles
 from pocketseg_core.bundles import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -23,11 +24,31 @@ from pocketseg_core.errors import BundleError
 
 
 @pytest.fixture(autouse=True)
-def user_catalog(tmp_path, monkeypatch) -> Path:
-    """Every test gets its own empty user catalog (never the real ~/.pocketseg)."""
+def user_catalog(tmp_path, tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own empty user catalog (never the real ~/.pocketseg) and an empty
+    shipped catalog (the tests of the shipped models are elsewhere)."""
     folder = tmp_path / "user_models"
     monkeypatch.setenv("POCKETSEG_MODELS_DIR", str(folder))
+    shipped = tmp_path_factory.mktemp("shipped") / "catalog.json"
+    shipped.write_text(json.dumps({"bundles": []}))
+    monkeypatch.setattr(bundles, "SHIPPED_CATALOG", shipped)
     return folder
+
+
+def ship(bundle: Path, task: str, sha256: str | None = None) -> None:
+    """Add ``bundle`` to the (test) shipped catalog, with its weights' sha256 unless given."""
+    catalog = json.loads(bundles.SHIPPED_CATALOG.read_text())
+    catalog["bundles"].append(
+        {
+            "name": f"shipped-{task}",
+            "task": task,
+            "title": "shipped",
+            "modality": "MR",
+            "path": str(bundle),
+            "weights_sha256": sha256 or bundles.sha256_of(bundle / WEIGHTS_FILE),
+        }
+    )
+    bundles.SHIPPED_CATALOG.write_text(json.dumps(catalog))
 
 
 @pytest.fixture
@@ -167,3 +188,26 @@ def test_register_refuses_a_corrupt_bundle(bundle_path, user_catalog):
     with pytest.raises(BundleError, match="fails its checksum"):
         register_bundle(bundle_path)
     assert not (user_catalog / "tiny-skullstrip").exists()
+
+
+def test_shipped_bundle_is_checked_against_the_catalog_sha256(tmp_path):
+    shipped = make_tiny_bundle(tmp_path / "shipped_model", fit=False)
+    ship(shipped, "skullstrip")
+    assert load_bundle("skullstrip").path == shipped
+    # A bundle whose weights and bundle.json were both replaced still fails: the catalog knows.
+    replacement = tiny_config()
+    torch.manual_seed(7)
+    from pocketseg_core.networks import create_network
+
+    network = create_network(replacement.network, **replacement.network_args)
+    save_bundle(shipped, replacement, network.state_dict())  # consistent bundle.json + weights
+    with pytest.raises(BundleError, match="not the file the model catalog ships"):
+        load_bundle("skullstrip")
+
+
+def test_task_alias_prefers_the_shipped_model_over_a_users(tmp_path, bundle_path):
+    shipped = make_tiny_bundle(tmp_path / "shipped_model", fit=False)
+    ship(shipped, "skullstrip")
+    registered = register_bundle(bundle_path)  # a user's model of the same task
+    assert resolve_bundle("skullstrip") == shipped  # the button keeps its shipped model
+    assert resolve_bundle("tiny-skullstrip") == registered  # the user's is chosen by name

@@ -183,7 +183,10 @@ def test_unwritable_output_path(bundle, phantom_file, tmp_path, capsys):
 
 
 def test_no_model_installed_for_task(phantom_file, tmp_path, monkeypatch, capsys):
+    from pocketseg_core import bundles
+
     monkeypatch.setenv("POCKETSEG_MODELS_DIR", str(tmp_path / "empty_catalog"))
+    monkeypatch.setattr(bundles, "SHIPPED_CATALOG", tmp_path / "no_shipped_catalog.json")
     path, _ = phantom_file
     err = run_failing(
         ["predict", "-i", str(path), "-o", str(tmp_path / "m.nii.gz"), "--task", "liver"], capsys

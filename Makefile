@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.pocketseg-installed
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint benchmark
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
@@ -20,6 +20,11 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -q
+
+# Speed and memory side by side with the peers (MONAI is a benchmark-only extra); see docs/speed.md
+benchmark: setup
+	$(PYTHON) -m pip install --quiet monai==1.6.1
+	$(VENV)/bin/pocketseg benchmark --device auto --output benchmarks/results
 
 lint: setup
 	$(VENV)/bin/ruff check .

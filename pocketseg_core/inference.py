@@ -67,6 +67,13 @@ class InferenceOptions:
     keep_largest_component: bool = True  # PocketNet section 3 post-processing
     fill_holes: bool = False
     return_probabilities: bool = False
+    #: speed options, off by default: the plain path is the reference that the optimised ones
+    #: are checked against (Dice >= 0.999, Testing/Python/test_benchmark.py); see docs/speed.md
+    channels_last: bool = False  # channels-last(-3D) memory format for network and windows
+    compile: bool = False  # torch.compile the network (first call compiles: pays on many windows)
+    #: window (z, y, x) instead of the bundle's (0 = whole axis); larger windows mean far fewer
+    #: overlapping voxels to compute, but a network with instance norm sees other statistics
+    window_size_zyx: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -123,6 +130,32 @@ def _amp_context(device: torch.device, enabled: bool):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _memory_format(dimensions: int) -> torch.memory_format:
+    """Channels-last for a 4D (2D network) or 5D (3D network) tensor."""
+    return torch.channels_last_3d if dimensions == 5 else torch.channels_last
+
+
+def _prepare_network(network: torch.nn.Module, channels_last: bool, spatial_dims: int) -> torch.nn.Module:
+    """Put ``network``'s weights in the memory format the windows will have (in place). The
+    reference path leaves the network untouched (the layout never changes the maths)."""
+    if channels_last:
+        network.to(memory_format=_memory_format(spatial_dims + 2))
+    return network
+
+
+#: network -> its torch.compile'd wrapper, so repeated calls (many images, TTA passes) compile once
+_COMPILED: dict[int, tuple[torch.nn.Module, torch.nn.Module]] = {}
+
+
+def _compiled(network: torch.nn.Module) -> torch.nn.Module:
+    cached = _COMPILED.get(id(network))
+    if cached is None or cached[0] is not network:
+        cached = (network, torch.compile(network, dynamic=False))
+        _COMPILED.clear()  # one network at a time: do not keep old networks alive
+        _COMPILED[id(network)] = cached
+    return cached[1]
 
 
 # --------------------------------------------------------------------------- windows
@@ -192,6 +225,8 @@ class _WindowRunner:
         amp: bool,
         fallback_device: torch.device | None,
         messages: list[str],
+        channels_last: bool = False,
+        compiled: torch.nn.Module | None = None,
     ) -> None:
         self.network = network
         self.device = device
@@ -199,16 +234,32 @@ class _WindowRunner:
         self.amp = amp
         self.fallback_device = fallback_device
         self.messages = messages
+        self.channels_last = channels_last
+        self.compiled = compiled
 
     def forward(self, windows: torch.Tensor, flat_2d: bool) -> torch.Tensor:
         """Softmax probabilities of ``windows`` ``(B, 1, wz, wy, wx)`` -> ``(B, K, wz, wy, wx)`` float32."""
         inputs = windows[:, :, 0] if flat_2d else windows  # (B, 1, wy, wx) for 2D networks
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=_memory_format(inputs.dim()))
         with _amp_context(self.device, self.amp):
-            logits = self.network(inputs)
+            logits = self._call(inputs)
         if isinstance(logits, tuple | list):  # deep-supervision networks left in training mode
             logits = logits[0]
         probabilities = torch.softmax(logits.float(), dim=1)
         return probabilities.unsqueeze(2) if flat_2d else probabilities
+
+    def _call(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            return self.network(inputs)
+        try:
+            return self.compiled(inputs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # no compiler toolchain, an unsupported op: eager is the same maths
+            self.messages.append(f"torch.compile failed ({type(error).__name__}); running uncompiled")
+            self.compiled = None
+            return self.network(inputs)
 
     def out_of_memory(self) -> bool:
         """React to an OOM: halve the batch, else move to the fallback device. False = give up."""
@@ -226,6 +277,7 @@ class _WindowRunner:
             self.network.to(self.fallback_device)
             self.device = self.fallback_device
             self.fallback_device = None
+            self.compiled = None  # compiled for the GPU; the CPU runs the eager network
             return True
         return False
 
@@ -243,6 +295,8 @@ def sliding_window_probabilities(
     fallback_device: torch.device | str | None = "auto",
     messages: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, torch.device]:
     """Gaussian-blended softmax probabilities of a whole volume.
 
@@ -257,6 +311,8 @@ def sliding_window_probabilities(
         fallback_device: where to continue after an OOM at batch size 1; ``"auto"`` = CPU
             when running on CUDA, else none.
         progress: ``progress(windows_done, windows_total)``; may raise to cancel.
+        channels_last, compile: speed options (see :class:`InferenceOptions`); the default
+            (both off) is the reference path.
 
     Returns:
         ``(probabilities (K, z, y, x) float32 on the CPU, device the run ended on)``.
@@ -287,8 +343,18 @@ def sliding_window_probabilities(
         for x in window_starts(padded_shape[2], window[2], overlap)
     ]
 
-    runner = _WindowRunner(network, device, batch_size, amp, fallback_device, messages)
     network.to(device)
+    _prepare_network(network, channels_last, 2 if window_mode == "slice2d" else 3)
+    runner = _WindowRunner(
+        network,
+        device,
+        batch_size,
+        amp,
+        fallback_device,
+        messages,
+        channels_last,
+        _compiled(network) if compile else None,
+    )
 
     def place(target: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         pinned = target.type == "cuda"
@@ -420,7 +486,7 @@ def segment_image(
         probabilities, used_device = sliding_window_probabilities(
             np.ascontiguousarray(flipped),
             network,
-            config.window_size_zyx,
+            tuple(options.window_size_zyx) if options.window_size_zyx else config.window_size_zyx,
             config.window_mode,
             config.num_classes,
             overlap=options.overlap,
@@ -430,6 +496,8 @@ def segment_image(
             fallback_device=torch.device("cpu") if used_device.type == "cuda" else None,
             messages=messages,
             progress=window_progress,
+            channels_last=options.channels_last,
+            compile=options.compile,
         )
         if flip:
             probabilities = torch.flip(probabilities, dims=flip)

@@ -293,6 +293,7 @@ def save_bundle(folder: str | os.PathLike, config: BundleConfig, state_dict: Map
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    temp.chmod(0o755)  # mkdtemp's 0700 would make a shipped or shared bundle unreadable to others
     try:
         weights = {k: v.detach().cpu().clone() if hasattr(v, "detach") else v for k, v in state_dict.items()}
         torch.save(weights, temp / WEIGHTS_FILE)

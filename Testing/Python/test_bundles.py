@@ -94,8 +94,9 @@ def test_save_replaces_existing_bundle_atomically(bundle_path):
     save_bundle(bundle_path, config, state)
     reloaded = load_bundle(bundle_path)
     assert all(torch.count_nonzero(v) == 0 for v in reloaded.state_dict.values())
-    # No temporary folders left beside it.
+    # No temporary folders left beside it, and others can read it (mkdtemp alone gives 0700).
     assert sorted(p.name for p in bundle_path.parent.iterdir()) == ["tiny"]
+    assert bundle_path.stat().st_mode & 0o755 == 0o755
 
 
 def test_checksum_mismatch_is_a_bundle_error(bundle_path):

@@ -28,7 +28,7 @@ def read_training_log(path: str | Path) -> dict[int, dict[int, dict[str, float]]
     if not path.is_file():
         raise PocketSegError(f"the run has no training log ({path})")
     curves: dict[int, dict[int, dict[str, float]]] = {}
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             fold, epoch = int(row["fold"]), int(row["epoch"])
             curves.setdefault(fold, {})[epoch] = {key: float(row[key]) for key in QUANTITIES}

@@ -151,7 +151,7 @@ class PocketSegTrainLogic:
         output_dir = Path(output_dir or Path.home() / ".pocketseg" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
         run_dir = output_dir / RUN_FOLDER
         if model_name is None and resume and (run_dir / "run.json").is_file():
-            model_name = json.loads((run_dir / "run.json").read_text())["config"]["name"]
+            model_name = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["config"]["name"]
         model_name = model_name or f"{preset}-slicer-{time.strftime('%Y%m%d-%H%M%S')}"
         settings: dict[str, Any] = {"name": model_name, "folds": int(folds)}
         settings["device"] = DEVICES.get(str(device).strip().lower(), str(device))

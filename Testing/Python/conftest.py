@@ -7,10 +7,16 @@ is skipped with a message when it is absent.
 
 from __future__ import annotations
 
+import locale
 import os
 from pathlib import Path
 
 import pytest
+
+# VTK (slicer-core, and Slicer itself) switches the process to the "C" locale, whose default text
+# encoding is ASCII: every text file must name its encoding. Run the whole suite that way from the
+# start, so a missing encoding fails here whatever the order of the tests.
+locale.setlocale(locale.LC_ALL, "C")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("POCKETSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

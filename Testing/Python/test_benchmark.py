@@ -71,7 +71,7 @@ def test_harness_end_to_end_writes_json_and_markdown(tmp_path):
     )
     paths = run_benchmark(settings, tmp_path, log=lambda line: None, cases_by_task={"skullstrip": cases})
     assert paths["json"].name.startswith("benchmark_") and paths["json"].name.endswith("_cpu_quick.json")
-    report = json.loads(paths["json"].read_text())
+    report = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert report["torch"] == torch.__version__ and report["threads"] == 1
     assert report["device_peaks"]["cpu"]["gflops"] > 0.1
     records = {r["role"]: r for r in report["records"]}
@@ -95,7 +95,7 @@ def test_harness_end_to_end_writes_json_and_markdown(tmp_path):
     assert kinds == ({"pocket/full", "pocket/peer"} if with_peer else {"pocket/full"})
     full_ratio = next(q for q in report["ratios"] if q["kind"] == "pocket/full")
     assert full_ratio["params_ratio"] < 1 and full_ratio["gflop_ratio"] < 1
-    markdown = paths["markdown"].read_text()
+    markdown = paths["markdown"].read_text(encoding="utf-8")
     for heading in ("Time per job and per network pass", "Where the time goes", "Ratios from the same run"):
         assert heading in markdown
     assert f"torch {torch.__version__}" in markdown and "1 thread(s)" in markdown

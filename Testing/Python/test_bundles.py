@@ -30,14 +30,14 @@ def user_catalog(tmp_path, tmp_path_factory, monkeypatch) -> Path:
     folder = tmp_path / "user_models"
     monkeypatch.setenv("POCKETSEG_MODELS_DIR", str(folder))
     shipped = tmp_path_factory.mktemp("shipped") / "catalog.json"
-    shipped.write_text(json.dumps({"bundles": []}))
+    shipped.write_text(json.dumps({"bundles": []}), encoding="utf-8")
     monkeypatch.setattr(bundles, "SHIPPED_CATALOG", shipped)
     return folder
 
 
 def ship(bundle: Path, task: str, sha256: str | None = None) -> None:
     """Add ``bundle`` to the (test) shipped catalog, with its weights' sha256 unless given."""
-    catalog = json.loads(bundles.SHIPPED_CATALOG.read_text())
+    catalog = json.loads(bundles.SHIPPED_CATALOG.read_text(encoding="utf-8"))
     catalog["bundles"].append(
         {
             "name": f"shipped-{task}",
@@ -48,7 +48,7 @@ def ship(bundle: Path, task: str, sha256: str | None = None) -> None:
             "weights_sha256": sha256 or bundles.sha256_of(bundle / WEIGHTS_FILE),
         }
     )
-    bundles.SHIPPED_CATALOG.write_text(json.dumps(catalog))
+    bundles.SHIPPED_CATALOG.write_text(json.dumps(catalog), encoding="utf-8")
 
 
 @pytest.fixture
@@ -100,9 +100,9 @@ def test_save_replaces_existing_bundle_atomically(bundle_path):
 
 
 def test_checksum_mismatch_is_a_bundle_error(bundle_path):
-    data = json.loads((bundle_path / CONFIG_FILE).read_text())
+    data = json.loads((bundle_path / CONFIG_FILE).read_text(encoding="utf-8"))
     data["weights_sha256"] = "0" * 64
-    (bundle_path / CONFIG_FILE).write_text(json.dumps(data))
+    (bundle_path / CONFIG_FILE).write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(BundleError, match=r"weights\.pt fails its checksum.*re-install or re-train"):
         load_bundle(bundle_path)
 
@@ -122,9 +122,9 @@ def test_truncated_weights_with_matching_checksum_are_a_bundle_error(bundle_path
 
     weights = bundle_path / WEIGHTS_FILE
     weights.write_bytes(weights.read_bytes()[:100])
-    data = json.loads((bundle_path / CONFIG_FILE).read_text())
+    data = json.loads((bundle_path / CONFIG_FILE).read_text(encoding="utf-8"))
     data["weights_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
-    (bundle_path / CONFIG_FILE).write_text(json.dumps(data))
+    (bundle_path / CONFIG_FILE).write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(BundleError, match=r"cannot be read as PyTorch weights.*re-export"):
         load_bundle(bundle_path)
 
@@ -141,9 +141,9 @@ def test_missing_files_are_bundle_errors(bundle_path, tmp_path):
 
 
 def test_weights_of_another_network_are_a_bundle_error(bundle_path):
-    data = json.loads((bundle_path / CONFIG_FILE).read_text())
+    data = json.loads((bundle_path / CONFIG_FILE).read_text(encoding="utf-8"))
     data["network_args"]["init_filters"] = 8
-    (bundle_path / CONFIG_FILE).write_text(json.dumps(data))
+    (bundle_path / CONFIG_FILE).write_text(json.dumps(data), encoding="utf-8")
     bundle = load_bundle(bundle_path)  # the checksum is of the weights, still fine
     with pytest.raises(BundleError, match="do not fit network 'pocket_unet3d'"):
         bundle.build_network()

@@ -17,7 +17,7 @@ def test_demo_prints_the_zoo_and_segments_the_installed_tasks(tmp_path, monkeypa
     monkeypatch.setenv("POCKETSEG_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # never the user's cache
     empty = tmp_path / "catalog.json"
-    empty.write_text(json.dumps({"bundles": []}))
+    empty.write_text(json.dumps({"bundles": []}), encoding="utf-8")
     monkeypatch.setattr(bundles, "SHIPPED_CATALOG", empty)
     register_bundle(make_tiny_bundle(tmp_path / "tiny", task="skullstrip", modality="MR"))
     data = tmp_path / "data"

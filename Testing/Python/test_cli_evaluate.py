@@ -133,7 +133,7 @@ def test_folders_are_matched_by_name_with_a_mean_row_and_csv(tmp_path: Path, cap
     assert result["cases"]["case1"]["dice"] == 1.0
     assert result["mean"]["dice"] == pytest.approx((1 + 5 / 6) / 2)
     assert result["mean"]["hd_max"] == pytest.approx(0.4)
-    with table.open() as file:
+    with table.open(encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
     assert [row["case"] for row in rows] == ["case1", "case2", "mean"]
     assert list(rows[0]) == ["case", *METRIC_NAMES]

@@ -74,7 +74,7 @@ def test_predict_folder_in_folder_out(bundle, phantom_file, tmp_path, capsys):
     inputs.mkdir()
     for name in ("a.nii.gz", "b.mha"):
         sitk.WriteImage(sitk.ReadImage(str(path)), str(inputs / name))
-    (inputs / "notes.txt").write_text("not an image")
+    (inputs / "notes.txt").write_text("not an image", encoding="utf-8")
     code = main(["predict", "-i", str(inputs), "-o", str(tmp_path / "masks"), "--model", str(bundle), "-q"])
     assert code == 0
     assert files_in(tmp_path / "masks") == ["a.nii.gz", "b.mha"]

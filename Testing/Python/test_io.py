@@ -173,7 +173,7 @@ def test_unreadable_file_says_so(tmp_path: Path) -> None:
 
 
 def test_folder_without_dicom_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     with pytest.raises(InputImageError, match="without a DICOM series"):
         read_image(tmp_path)
 
@@ -249,7 +249,7 @@ def test_zero_size_image_is_refused() -> None:
 
 def test_unwritable_path_raises_and_leaves_nothing(tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
-    blocker.write_text("not a folder")
+    blocker.write_text("not a folder", encoding="utf-8")
     with pytest.raises(ImageWriteError, match="does not exist"):
         write_image(phantom(), blocker / "mask.nii.gz")
     with pytest.raises(ImageWriteError, match="does not exist"):

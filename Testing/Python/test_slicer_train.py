@@ -275,7 +275,7 @@ def test_plot_has_one_series_per_fold_and_quantity(trained):
     )
     assert found == sorted((str(f), q) for f in (1, 2) for q in QUANTITIES)
     assert all(s.GetTableNodeID() == table.GetID() for s in series)
-    with open(result.run_dir / "training_log.csv", newline="") as handle:
+    with open(result.run_dir / "training_log.csv", newline="", encoding="utf-8") as handle:
         log = list(csv.DictReader(handle))
     assert len(log) == 4  # 2 folds x 2 epochs
     for row in log:
@@ -347,11 +347,13 @@ def test_module_ui_and_files():
     allowed = re.compile(r"^(Q[A-Z]\w*|ctk[A-Z]\w*|qMRML\w+|qSlicer\w+)$")
     assert all(allowed.match(c or "") for c in classes), classes
     names = {w.get("name") for w in root.iter("widget")}
-    source = (REPO_ROOT / "PocketSegTrain" / "PocketSegTrain.py").read_text()
+    source = (REPO_ROOT / "PocketSegTrain" / "PocketSegTrain.py").read_text(encoding="utf-8")
     for used in set(re.findall(r"self\.ui\.(\w+)", source)):
         assert used in names, f"PocketSegTrain.py uses ui.{used}, which the .ui file lacks"
     icon = REPO_ROOT / "Resources" / "Icons" / "PocketSegTrain.png"
     assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for path in (REPO_ROOT / "PocketSegTrain").rglob("*.py"):
-        compile(path.read_text(), str(path), "exec")
-    assert "slicerMacroBuildScriptedModule" in (REPO_ROOT / "PocketSegTrain" / "CMakeLists.txt").read_text()
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+    assert "slicerMacroBuildScriptedModule" in (REPO_ROOT / "PocketSegTrain" / "CMakeLists.txt").read_text(
+        encoding="utf-8"
+    )

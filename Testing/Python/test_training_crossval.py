@@ -30,7 +30,7 @@ def _config(dataset, **changes):
 def test_cli_run_writes_every_artefact(dataset, tmp_path, capsys):
     overrides = {k: v for k, v in TINY_RUN.items() if k not in ("folds", "epochs", "device")}
     config_file = tmp_path / "tiny.json"
-    config_file.write_text(json.dumps(overrides))
+    config_file.write_text(json.dumps(overrides), encoding="utf-8")
     run_dir = tmp_path / "run"
     code = cli_main([
         "train", "--dataset", str(dataset), "--preset", "pocketnet-nfbs", "--folds", "2", "--epochs", "2",
@@ -40,18 +40,18 @@ def test_cli_run_writes_every_artefact(dataset, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Out-of-fold accuracy over 4 case(s)" in printed and "Dice" in printed
     assert not (run_dir / "INCOMPLETE").exists()
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
-    folds = json.loads((run_dir / "folds.json").read_text())
+    assert json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["status"] == "complete"
+    folds = json.loads((run_dir / "folds.json").read_text(encoding="utf-8"))
     assert folds["seed"] == 1 and sorted(s for f in folds["folds"] for s in f["subjects"]) == [
         "subject0", "subject1", "subject2", "subject3",
     ]  # fmt: skip
     # per-epoch log: one row per fold and epoch with loss, validation Dice, lr, time
-    with open(run_dir / "training_log.csv") as handle:
+    with open(run_dir / "training_log.csv", encoding="utf-8") as handle:
         log = list(csv.DictReader(handle))
     assert [(row["fold"], row["epoch"]) for row in log] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
     assert all(float(row["lr"]) == pytest.approx(1e-3) and 0 <= float(row["val_dice"]) <= 1 for row in log)
     # out-of-fold predictions on each case's own grid, metrics equal to compute_metrics of the files
-    with open(run_dir / "metrics_per_case.csv") as handle:
+    with open(run_dir / "metrics_per_case.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(row["case"] for row in rows) == ["s0c0", "s1c0", "s2c0", "s3c0"]
     assert set(METRIC_NAMES) <= set(rows[0])
@@ -62,7 +62,7 @@ def test_cli_run_writes_every_artefact(dataset, tmp_path, capsys):
         assert prediction.GetSize() == image.GetSize()
         assert np.allclose(prediction.GetOrigin(), image.GetOrigin())
         assert float(row["dice"]) == pytest.approx(compute_metrics(label, prediction)["dice"], abs=1e-5)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     dices = [float(row["dice"]) for row in rows]
     assert summary["metrics"]["dice"]["mean"] == pytest.approx(np.mean(dices), abs=1e-5)
     assert summary["metrics"]["dice"]["std"] == pytest.approx(np.std(dices), abs=1e-5)
@@ -101,7 +101,7 @@ def test_killed_run_resumes_without_repeating_finished_folds(dataset, tmp_path):
         run_cross_validation(config, run_dir, callbacks=crash)
     assert crash.epochs == [(1, 1), (1, 2), (1, 3), (2, 1)]
     assert (run_dir / "INCOMPLETE").exists()
-    assert json.loads((run_dir / "fold_1" / "state.json").read_text())["status"] == "done"
+    assert json.loads((run_dir / "fold_1" / "state.json").read_text(encoding="utf-8"))["status"] == "done"
     fold1_best = (run_dir / "fold_1" / "best.pt").read_bytes()
     fold1_last = (run_dir / "fold_1" / "last.pt").read_bytes()
     assert torch.load(run_dir / "fold_2" / "last.pt", weights_only=True)["epoch"] == 1

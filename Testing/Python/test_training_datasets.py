@@ -73,7 +73,7 @@ def test_msd_layout(tmp_path):
         "training": entries,
         "test": [],
     }
-    (tmp_path / "dataset.json").write_text(json.dumps(description))
+    (tmp_path / "dataset.json").write_text(json.dumps(description), encoding="utf-8")
     cases = discover_cases(tmp_path)
     assert [c.case_id for c in cases] == ["liver_0", "liver_1", "liver_2"]
     assert cases[0].label_map == {1: 1, 2: 1}
@@ -89,7 +89,7 @@ def test_csv_and_json_lists_group_by_subject(tmp_path):
     assert discover_cases(tmp_path / "csv") == cases  # a folder holding a single list file
     listing = [{"image": str(c.image_path), "label": str(c.label_path), "subject": c.subject} for c in cases]
     json_path = tmp_path / "cases.json"
-    json_path.write_text(json.dumps(listing))
+    json_path.write_text(json.dumps(listing), encoding="utf-8")
     assert [c.subject for c in discover_cases(json_path)] == [c.subject for c in cases]
 
 
@@ -125,7 +125,7 @@ def test_folds_by_subject_seeded_and_reproducible(tmp_path):
     assert [len(fold) for fold in folds] == [2] * 5
     save_folds(tmp_path / "folds.json", folds, cases, seed=3)
     assert load_folds(tmp_path / "folds.json") == folds
-    written = json.loads((tmp_path / "folds.json").read_text())
+    written = json.loads((tmp_path / "folds.json").read_text(encoding="utf-8"))
     assert written["seed"] == 3 and len(written["folds"][0]["cases"]) == 4  # both cases of both subjects
     with pytest.raises(DatasetError, match="3 subject.*cannot fill 5 folds"):
         make_folds(_cases(6, per_subject=2), 5, seed=0)
@@ -139,7 +139,7 @@ def test_unexpected_label_values_and_fractional_masks(tmp_path):
     bad.CopyInformation(image)
     _write(image, tmp_path / "a" / "img.nii.gz")
     _write(bad, tmp_path / "a" / "lab.nii.gz")
-    (tmp_path / "a" / "cases.csv").write_text("image,label\nimg.nii.gz,lab.nii.gz\n")
+    (tmp_path / "a" / "cases.csv").write_text("image,label\nimg.nii.gz,lab.nii.gz\n", encoding="utf-8")
     (case,) = discover_cases(tmp_path / "a" / "cases.csv")
     with pytest.raises(DatasetError, match=r"case img: unexpected label values \[7\]"):
         load_case(case)
@@ -157,7 +157,7 @@ def test_empty_label_warns(tmp_path, caplog):
     image, label = phantom_pair(2)
     _write(image, tmp_path / "img.nii.gz")
     _write(label * 0, tmp_path / "lab.nii.gz")
-    (tmp_path / "cases.csv").write_text("image,label\nimg.nii.gz,lab.nii.gz\n")
+    (tmp_path / "cases.csv").write_text("image,label\nimg.nii.gz,lab.nii.gz\n", encoding="utf-8")
     (case,) = discover_cases(tmp_path / "cases.csv")
     with caplog.at_level(logging.WARNING):
         _, loaded = load_case(case)
@@ -174,7 +174,7 @@ def test_label_on_another_grid_same_extent_is_resampled_else_refused(tmp_path):
     )  # fmt: skip
     _write(image, tmp_path / "img.nii.gz")
     _write(coarse, tmp_path / "lab.nii.gz")
-    (tmp_path / "cases.csv").write_text("image,label\nimg.nii.gz,lab.nii.gz\n")
+    (tmp_path / "cases.csv").write_text("image,label\nimg.nii.gz,lab.nii.gz\n", encoding="utf-8")
     (case,) = discover_cases(tmp_path / "cases.csv")
     loaded_image, loaded = load_case(case)
     assert loaded.GetSize() == image.GetSize() and loaded.GetSpacing() == image.GetSpacing()

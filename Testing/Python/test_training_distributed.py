@@ -42,7 +42,7 @@ def _worker(rank, world_size, port, dataset, run_dir, mode, record_dir):
             config, run_dir, callbacks=recorder, distributed=DistributedContext(rank, world_size, rank, mode)
         )
         record = {"epochs": recorder.epochs, "cases": len(result.per_case)}
-        with open(f"{record_dir}/rank{rank}.json", "w") as handle:
+        with open(f"{record_dir}/rank{rank}.json", "w", encoding="utf-8") as handle:
             json.dump(record, handle)
     finally:
         dist.destroy_process_group()
@@ -54,7 +54,7 @@ def _spawn(tmp_path, mode):
     mp.spawn(
         _worker, args=(2, _free_port(), str(dataset), str(run_dir), mode, str(tmp_path)), nprocs=2, join=True
     )
-    records = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    records = [json.loads((tmp_path / f"rank{rank}.json").read_text(encoding="utf-8")) for rank in range(2)]
     return run_dir, records
 
 

@@ -51,7 +51,7 @@ def _make_dataset(shared_data, folder):
             sitk.WriteImage(version_image, str(folder / f"{name}.nii.gz"))
             sitk.WriteImage(version_mask, str(folder / f"{name}_mask.nii.gz"))
             rows.append(f"{name}.nii.gz,{name}_mask.nii.gz,{subject}")
-    (folder / "cases.csv").write_text("\n".join(rows) + "\n")
+    (folder / "cases.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return folder / "cases.csv"
 
 
@@ -92,11 +92,11 @@ def test_two_fold_run_on_real_heads(shared_data, tmp_path, capsys):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "INCOMPLETE").exists()
     assert load_bundle(run_dir / "model").config.network == "pocket_unet3d"
-    with open(run_dir / "metrics_per_case.csv") as handle:
+    with open(run_dir / "metrics_per_case.csv", encoding="utf-8") as handle:
         rows = {row["case"]: row for row in csv.DictReader(handle)}
     assert len(rows) == 6
     # every case predicted once, by the fold that did not train on its subject, on its own grid
-    folds = json.loads((run_dir / "folds.json").read_text())["folds"]
+    folds = json.loads((run_dir / "folds.json").read_text(encoding="utf-8"))["folds"]
     fold_of = {subject: entry["fold"] for entry in folds for subject in entry["subjects"]}
     dices, chance = [], []
     for case, row in rows.items():

@@ -42,7 +42,7 @@ def write_csv_dataset(folder: Path, subjects: int = 4, cases_per_subject: int = 
             sitk.WriteImage(label, str(folder / f"{name}_label.nii.gz"))
             rows.append(f"{name}.nii.gz,{name}_label.nii.gz,subject{subject}")
     path = folder / "cases.csv"
-    path.write_text("\n".join(rows) + "\n")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
 
 

@@ -62,7 +62,7 @@ def config_from_args(args: argparse.Namespace):
     overrides: dict = {}
     if args.config:
         try:
-            overrides.update(json.loads(Path(args.config).read_text()))
+            overrides.update(json.loads(Path(args.config).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as error:
             raise PocketSegError(f"cannot read --config {args.config}: {error}") from error
     flags = {

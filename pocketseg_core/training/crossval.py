@@ -160,7 +160,7 @@ def _prepare_run_dir(config: TrainingConfig, run_dir: Path, resume: bool, ctx: D
             raise PocketSegError(
                 f"{run_dir} already holds a training run; pass --resume to continue it, or choose another --output"
             )
-        stored = json.loads(run_file.read_text())
+        stored = json.loads(run_file.read_text(encoding="utf-8"))
         differing = _compare_configs(stored["config"], json.loads(json.dumps(config.to_dict())))
         if differing:
             raise PocketSegError(
@@ -172,8 +172,10 @@ def _prepare_run_dir(config: TrainingConfig, run_dir: Path, resume: bool, ctx: D
     ctx.barrier()  # every rank has checked before rank 0 writes
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "INCOMPLETE").write_text("this run has not finished; resume it with --resume\n")
-        state = json.loads(run_file.read_text()) if run_file.is_file() else {}
+        (run_dir / "INCOMPLETE").write_text(
+            "this run has not finished; resume it with --resume\n", encoding="utf-8"
+        )
+        state = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else {}
         state.update(status="incomplete", config=config.to_dict(), torch=torch.__version__)
         state.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
         atomic_write_text(run_file, json.dumps(state, indent=2))
@@ -181,7 +183,7 @@ def _prepare_run_dir(config: TrainingConfig, run_dir: Path, resume: bool, ctx: D
 
 def _read_fold_state(fold_dir: Path) -> dict[str, Any] | None:
     path = fold_dir / "state.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 # ------------------------------------------------------------------------------ training
@@ -449,7 +451,7 @@ def _write_run_log(run_dir: Path, n_folds: int) -> Path:
     for fold in range(1, n_folds + 1):
         path = run_dir / f"fold_{fold}" / "log.csv"
         if path.is_file():
-            with open(path, newline="") as handle:
+            with open(path, newline="", encoding="utf-8") as handle:
                 rows.extend(csv.DictReader(handle))
     return write_csv(run_dir / "training_log.csv", rows, LOG_COLUMNS)
 
@@ -512,7 +514,7 @@ def run_cross_validation(
             )
     elif ctx.is_main:
         datasets.save_folds(folds_file, folds, cases, config.seed)
-        run_state = json.loads((run_dir / "run.json").read_text())
+        run_state = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         run_state["cases"] = [case.to_dict() for case in cases]
         atomic_write_text(run_dir / "run.json", json.dumps(run_state, indent=2))
     ctx.barrier()
@@ -636,7 +638,7 @@ def _finish(
     print(f"Out-of-fold accuracy over {len(rows)} case(s) ({config.folds} folds):")
     print(format_summary(summary))
 
-    run_state = json.loads((run_dir / "run.json").read_text())
+    run_state = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     run_state.update(status="complete", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
     atomic_write_text(run_dir / "run.json", json.dumps(run_state, indent=2))
     (run_dir / "INCOMPLETE").unlink(missing_ok=True)

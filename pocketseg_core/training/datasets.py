@@ -112,7 +112,7 @@ def _discover_lits(root: Path) -> list[Case]:
 def _discover_msd(dataset_json: Path, label_map: dict[int, int] | None) -> list[Case]:
     root = dataset_json.parent
     try:
-        description = json.loads(dataset_json.read_text())
+        description = json.loads(dataset_json.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise DatasetError(f"cannot read {dataset_json}: {error}") from error
     if label_map is None:
@@ -130,10 +130,10 @@ def _discover_list(list_path: Path, label_map: dict[int, int]) -> list[Case]:
     root = list_path.parent
     try:
         if list_path.suffix.lower() == ".csv":
-            with list_path.open(newline="") as handle:
+            with list_path.open(newline="", encoding="utf-8") as handle:
                 rows = list(csv.DictReader(handle))
         else:
-            rows = json.loads(list_path.read_text())
+            rows = json.loads(list_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, csv.Error) as error:
         raise DatasetError(f"cannot read the case list {list_path}: {error}") from error
     if not isinstance(rows, list):
@@ -233,7 +233,7 @@ def save_folds(path: Path, folds: list[list[str]], cases: list[Case], seed: int)
 
 def load_folds(path: Path) -> list[list[str]]:
     """The subject lists written by :func:`save_folds`."""
-    payload = json.loads(Path(path).read_text())
+    payload = json.loads(Path(path).read_text(encoding="utf-8"))
     return [list(entry["subjects"]) for entry in payload["folds"]]
 
 

@@ -192,7 +192,20 @@ def robustness(
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate_task(task: str, data: Path, device: str, with_robustness: bool) -> dict[str, Any]:
+def evaluate_task(
+    task: str,
+    data: Path,
+    device: str,
+    with_robustness: bool,
+    runs_dir: Path | None = None,
+    results_dir: Path | None = None,
+) -> dict[str, Any]:
+    """LOO evaluation of the fold bundles in ``runs_dir/<task>/<run>/`` (default
+    ``out/shipped_models``); JSON and PNGs go to ``results_dir`` (default ``Resources/Models``)."""
+    runs_dir = runs_dir or recipes.RUNS_DIR
+    results_dir = results_dir or RESULTS_DIR
+    images_dir = results_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
     recipe = recipes.RECIPES[task]
     shipped_dir = recipes.MODELS_DIR / task
     summary: dict[str, Any] = {
@@ -201,11 +214,11 @@ def evaluate_task(task: str, data: Path, device: str, with_robustness: bool) -> 
         "shipped_weights_sha256": sha256_of(shipped_dir / "weights.pt") if shipped_dir.is_dir() else None,
         "volumes": {},
     }
-    output = RESULTS_DIR / f"evaluation_{task}.json"
+    output = results_dir / f"evaluation_{task}.json"
     for run, held_out in recipe.runs.items():
         if not held_out:
             continue  # the all-data model has no held-out volume
-        run_dir = recipes.RUNS_DIR / task / run
+        run_dir = runs_dir / task / run
         if not (run_dir / "bundle.json").is_file():
             print(
                 f"[{task}] {run}: no fold model at {run_dir}; run train_shipped_models.py first", flush=True
@@ -241,7 +254,7 @@ def evaluate_task(task: str, data: Path, device: str, with_robustness: bool) -> 
                 "timings": {k: round(v, 2) for k, v in result.timings.items()},
                 "threads": torch.get_num_threads(),
             }
-            picture = IMAGES_DIR / f"{task}_{case}.png"
+            picture = images_dir / f"{task}_{case}.png"
             save_overlay_png(
                 image,
                 result.mask,
@@ -249,7 +262,7 @@ def evaluate_task(task: str, data: Path, device: str, with_robustness: bool) -> 
                 f"{task} on {Path(source).name} (held out; Dice {metrics['dice']:.3f})",
                 window=CT_DISPLAY_WINDOW if task == "liver" else None,
             )
-            entry["picture"] = str(picture.relative_to(RESULTS_DIR))
+            entry["picture"] = str(picture.relative_to(results_dir))
             entry["picture_bytes"] = small_png(picture)
             print(f"[{task}] {case} (model {run}): {metrics} in {result.seconds:.1f} s", flush=True)
             if task == "skullstrip" and with_robustness:
@@ -290,13 +303,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-robustness", action="store_true")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=recipes.RUNS_DIR, help="fold bundles: <runs-dir>/<task>/<run>/"
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="where the JSON and the PNGs go (Resources/Models)",
+    )
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"error: sample data folder {args.data} not found; pass --data", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     for task in ["skullstrip", "liver"] if args.task == "all" else [args.task]:
-        summary = evaluate_task(task, args.data, args.device, not args.no_robustness)
+        summary = evaluate_task(
+            task,
+            args.data,
+            args.device,
+            not args.no_robustness,
+            args.runs_dir.resolve(),
+            args.results_dir.resolve(),
+        )
         print(markdown_tables(summary))
     return 0
 

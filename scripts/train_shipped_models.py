@@ -231,7 +231,7 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
 
 
 def synthesize_head(
-    brain: sitk.Image, mask: sitk.Image, rng: np.random.Generator
+    brain: sitk.Image, mask: sitk.Image, rng: np.random.Generator, face_and_neck: int = 0
 ) -> tuple[sitk.Image, sitk.Image]:
     """A skull-stripped brain pasted into a random synthetic head shell (SynthStrip-style).
 
@@ -250,6 +250,8 @@ def synthesize_head(
     mask_array = (sitk.GetArrayFromImage(mask) >= 0.5).astype(np.uint8)
     pad = 20  # voxels = 30 mm around; 40 more below (z index 0 is inferior in the LPS/RAS index frame)
     pad_width = ((pad + 40, pad), (pad, pad), (pad, pad))
+    if face_and_neck:  # room for the neck below (120 mm) and the face in front (60 mm; y index 0 = anterior)
+        pad_width = ((pad + 60, pad), (pad + 20, pad), (pad, pad))
     brain_array = np.pad(brain_array, pad_width)
     mask_array = np.pad(mask_array, pad_width)
     inside = brain_array[mask_array > 0]
@@ -286,7 +288,20 @@ def synthesize_head(
     head[outside & (distance < csf)] = levels["csf"]
     texture = 1.0 + 0.08 * _smooth_noise(rng, head.shape, 1.5)
     head = head * texture
-    head[~outside] = brain_norm[~outside] * rng.uniform(0.8, 1.2)
+    brain_gain = rng.uniform(0.8, 1.2)
+    head[~outside] = brain_norm[~outside] * brain_gain
+    if face_and_neck:
+        head = add_face_neck_and_cord(
+            head,
+            mask_array,
+            brain_norm * brain_gain,
+            distance,
+            skin,
+            levels,
+            rng,
+            spacing,
+            face_and_neck >= 2,
+        )
     head = head + rng.uniform(0.0, 0.04) * rng.standard_normal(head.shape).astype(np.float32)
     head = np.clip(head, 0, None) ** rng.uniform(0.7, 1.4)
     image = sitk.GetImageFromArray(head.astype(np.float32))
@@ -294,6 +309,135 @@ def synthesize_head(
     label = sitk.GetImageFromArray(mask_array)
     label.CopyInformation(image)
     return image, label
+
+
+def add_face_neck_and_cord(
+    head: np.ndarray,
+    mask: np.ndarray,
+    brain_scaled: np.ndarray,
+    distance: np.ndarray,
+    skin: float,
+    levels: dict[str, float],
+    rng: np.random.Generator,
+    spacing: float,
+    tongue: bool = False,
+) -> np.ndarray:
+    """Neck, face/tongue and a spinal cord around a synthetic head shell (all label 0).
+
+    Why: the shells alone have nothing below or in front of the brain, so the network never
+    learnt where the brain ends inferiorly and the masks of real heads ran on from the brainstem
+    into the cord, tongue, pharynx and neck muscles (issue 7; RVD +0.25). Here a random elliptic
+    neck below the skull base and a face/tongue block in front of and below the brain are
+    filled with a smooth random mix of muscle, fat, glandular tissue and dark air/bone (random
+    intensities), wrapped in fat and skin, and a spinal cord of brain-like intensity (with a CSF
+    sleeve) continues the lowest brain slice downwards to the bottom of the volume.
+    ``head``/``mask``/``brain_scaled``/``distance``: (Z, Y, X) arrays on the padded 1.5 mm grid
+    (z index 0 inferior, y index 0 anterior); ``distance`` in mm from the brain surface (warped);
+    ``skin``: outer shell radius (mm). ``tongue``: also a large homogeneous ellipsoid of
+    brain-like intensity below the front of the brain (the real tongue is what the first
+    fine-tune still labelled as brain). Returns the new ``head`` (Z, Y, X) float32.
+    """
+    depth, rows, cols = head.shape
+    zz, yy, xx = np.nonzero(mask)
+    z_low, z_high = int(zz.min()), int(zz.max())
+    y_front, y_back, x_mid = int(yy.min()), int(yy.max()), float(xx.mean())
+    half_width = (xx.max() - xx.min()) / 2.0
+    brain_depth = y_back - y_front
+    z_idx, y_idx, x_idx = np.meshgrid(np.arange(depth), np.arange(rows), np.arange(cols), indexing="ij")
+    outside_shell = (mask == 0) & (distance >= skin)
+
+    # tissue mix: smooth random field cut into 4 classes with random intensities
+    classes = np.digitize(
+        _smooth_noise(rng, head.shape, rng.uniform(2.0, 5.0)), np.sort(rng.normal([-0.8, 0.0, 0.8], 0.25))
+    )
+    tissue = np.array(
+        [
+            rng.uniform(0.0, 0.2),  # air/bone (pharynx, sinuses, vertebrae)
+            rng.uniform(0.25, 0.7),  # muscle (tongue, neck muscles)
+            rng.uniform(0.4, 0.95),  # glandular / mixed
+            rng.uniform(0.7, 1.6),  # fat
+        ],
+        dtype=np.float32,
+    )[classes]
+    tissue = tissue * (1.0 + 0.08 * _smooth_noise(rng, head.shape, 1.5))
+
+    # neck: elliptic cylinder below the skull base, centred a little in front of the brainstem
+    z_base = z_low + rng.uniform(0.1, 0.35) * (z_high - z_low)
+    neck_y = y_front + rng.uniform(0.4, 0.6) * brain_depth
+    neck_ry = rng.uniform(0.3, 0.5) * brain_depth
+    neck_rx = rng.uniform(0.5, 0.8) * half_width
+    wobble = 1.0 + 0.1 * _smooth_noise(rng, head.shape, 8.0)
+    neck = ((((y_idx - neck_y) / neck_ry) ** 2 + ((x_idx - x_mid) / neck_rx) ** 2) * wobble < 1.0) & (
+        z_idx < z_base
+    )
+    # face/tongue: box in front of the lower brain and below it, rounded by the same wobble
+    face_top = z_low + rng.uniform(0.3, 0.6) * (z_high - z_low)
+    face_bottom = z_low - rng.uniform(40.0, 90.0) / spacing
+    face_front = y_front - rng.uniform(15.0, 45.0) / spacing
+    face_back = y_front + rng.uniform(0.3, 0.55) * brain_depth
+    face_rx = rng.uniform(0.5, 0.85) * half_width
+    face = (
+        (z_idx < face_top)
+        & (z_idx > face_bottom)
+        & (y_idx > face_front)
+        & (y_idx < face_back)
+        & ((np.abs(x_idx - x_mid) / face_rx) * wobble < 1.0)
+    )
+    body = (neck | face) & outside_shell
+    # fat + skin wrapping: the outer few mm of the body
+    body_image = sitk.GetImageFromArray(body.astype(np.uint8))
+    body_image.SetSpacing((spacing,) * 3)
+    depth_in = sitk.GetArrayFromImage(
+        sitk.SignedMaurerDistanceMap(
+            body_image, insideIsPositive=True, squaredDistance=False, useImageSpacing=True
+        )
+    )
+    result = head.copy()
+    result[body] = tissue[body]
+    skin_mm, fat_mm = rng.uniform(1.5, 4.0), rng.uniform(2.0, 8.0)
+    result[body & (depth_in < skin_mm + fat_mm)] = levels["fat"]
+    result[body & (depth_in < skin_mm)] = levels["skin"]
+    if tongue:  # homogeneous muscle mass, grey-matter-like T1, 25-60 mm below/behind the face
+        brain_median = float(np.median(brain_scaled[mask > 0]))
+        centre = (
+            z_low - rng.uniform(0.0, 30.0) / spacing,
+            y_front + rng.uniform(0.05, 0.4) * brain_depth,
+            x_mid,
+        )
+        radii = [
+            rng.uniform(12.0, 25.0) / spacing,
+            rng.uniform(20.0, 35.0) / spacing,
+            rng.uniform(15.0, 28.0) / spacing,
+        ]
+        ellipsoid = ((z_idx - centre[0]) / radii[0]) ** 2 + ((y_idx - centre[1]) / radii[1]) ** 2
+        ellipsoid = (ellipsoid + ((x_idx - centre[2]) / radii[2]) ** 2) * wobble < 1.0
+        mass = ellipsoid & body & (depth_in >= skin_mm + fat_mm)
+        level = brain_median * rng.uniform(0.6, 1.1)
+        result[mass] = level * (1.0 + 0.05 * _smooth_noise(rng, head.shape, 2.0))[mass]
+
+    # spinal cord: continues the lowest brain slice downwards, slight random A-P / L-R drift
+    low_slice = mask[z_low : z_low + 3].max(axis=0)
+    ly, lx = np.nonzero(low_slice)
+    cy, cx = float(ly.mean()), float(lx.mean())
+    radius = np.clip(np.sqrt(low_slice.sum() / np.pi) * spacing, 4.0, 7.0) * rng.uniform(0.8, 1.1)
+    sleeve = radius + rng.uniform(1.0, 3.0)
+    cord_level = float(np.median(brain_scaled[z_low : z_low + 3][mask[z_low : z_low + 3] > 0])) * rng.uniform(
+        0.85, 1.15
+    )
+    drift_y, drift_x = rng.uniform(-0.25, 0.25), rng.uniform(-0.08, 0.08)
+    z_top = z_low + 2  # starts inside the lowest brain slices so it touches the brainstem
+    along = (z_top - z_idx) * spacing  # mm below the cord's top
+    radial = np.hypot(
+        (y_idx - cy - drift_y * along / spacing) * spacing, (x_idx - cx - drift_x * along / spacing) * spacing
+    )
+    below = (z_idx <= z_top) & (mask == 0)
+    result[below & (radial < sleeve)] = levels["csf"]
+    cord = below & (radial < radius)
+    result[cord] = cord_level * (1.0 + 0.05 * _smooth_noise(rng, head.shape, 1.5))[cord]
+    # vertebral ring (dark bone, optional bright marrow) around the sleeve in the neck
+    ring = below & (radial >= sleeve) & (radial < sleeve + rng.uniform(3.0, 8.0)) & (z_idx < z_base)
+    result[ring] = levels["marrow"] if rng.random() < 0.5 else levels["skull"]
+    return result.astype(np.float32)
 
 
 def _resample(
@@ -343,7 +487,14 @@ def machine_description(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def build_volumes(recipe: TaskRecipe, data: Path, held_out: list[str], seed: int, synthetic_per_brain: int):
+def build_volumes(
+    recipe: TaskRecipe,
+    data: Path,
+    held_out: list[str],
+    seed: int,
+    synthetic_per_brain: int,
+    face_and_neck: int = 0,
+):
     """Training volumes on the working grid (held-out cases and their copies never enter)."""
     volumes: list[TrainingVolume] = []
     files: list[str] = []
@@ -361,7 +512,7 @@ def build_volumes(recipe: TaskRecipe, data: Path, held_out: list[str], seed: int
             brain, mask = load_stripped(data, case)
             files += [image_path] + ([mask_path] if mask_path else [])
             for copy in range(synthetic_per_brain):
-                head, label = synthesize_head(brain, mask, rng)
+                head, label = synthesize_head(brain, mask, rng, face_and_neck=face_and_neck)
                 synthetic.append(
                     prepare_volume(
                         f"synth_{case}_{copy}", head, label, recipe.spacing, "LPS", recipe.preprocessing
@@ -391,12 +542,20 @@ def train_run(
     synthetic_per_brain: int,
     out_dir: Path,
     resume: bool = False,
+    init_from: Path | None = None,
+    face_and_neck: int = 0,
+    lr: float | None = None,
 ) -> Path:
-    """Train one run and save its bundle to ``out_dir`` after every epoch; returns the folder."""
+    """Train one run and save its bundle to ``out_dir`` after every epoch; returns the folder.
+
+    ``init_from``: a bundle folder to warm-start from (its weights; new lr cycle, new patch seed;
+    its training record is kept under ``continued_from``). ``face_and_neck``: synthetic heads with
+    a neck, face and spinal cord (:func:`add_face_neck_and_cord`; 2: and a tongue). ``lr``: overrides the recipe's.
+    """
     held_out = recipe.runs[run]
     started = time.perf_counter()
     torch.manual_seed(seed)
-    volumes, files = build_volumes(recipe, data, held_out, seed, synthetic_per_brain)
+    volumes, files = build_volumes(recipe, data, held_out, seed, synthetic_per_brain, face_and_neck)
     print(f"[{recipe.task}/{run}] {len(volumes)} training volumes, held out {held_out or 'none'}", flush=True)
     network = create_network(recipe.network, **recipe.network_args).to(device)
     previous = None
@@ -407,7 +566,19 @@ def train_run(
         network.load_state_dict(saved.state_dict)
         previous = saved.config.training
         seed = seed + 1000 * (1 + len(_stages(previous)))  # new patches, still reproducible
-    optimizer = torch.optim.Adam(network.parameters(), lr=recipe.lr)
+    elif init_from is not None:  # warm start from another run's bundle (same held-out case!)
+        from pocketseg_core.bundles import load_bundle
+
+        saved = load_bundle(init_from)
+        if saved.config.training and saved.config.training.get("held_out") != held_out:
+            raise ValueError(
+                f"{init_from} held out {saved.config.training.get('held_out')}, run {run} holds out {held_out}"
+            )
+        network.load_state_dict(saved.state_dict)
+        previous = dict(saved.config.training or {}, init_from=str(init_from))
+        seed = seed + 1000 * (1 + len(_stages(previous)))
+    lr = lr or recipe.lr
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     total = epochs * steps_per_epoch
     warmup = max(1, total // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -450,13 +621,14 @@ def train_run(
             "held_out": held_out,
             "files": files,
             "synthetic_heads_per_brain": synthetic_per_brain if recipe.task == "skullstrip" else 0,
+            "synthetic_face_neck_cord": int(face_and_neck) if recipe.task == "skullstrip" else 0,
             "seed": seed,
             "epochs_done": epoch + 1,
             "epochs": epochs,
             "steps_per_epoch": steps_per_epoch,
             "batch_size": recipe.batch_size,
             "patch_zyx": list(recipe.patch_zyx),
-            "optimizer": {"name": "adam", "lr": recipe.lr, "schedule": "warmup + cosine"},
+            "optimizer": {"name": "adam", "lr": lr, "schedule": "warmup + cosine"},
             "loss": "dice_l2_ce",
             "augmentation": recipe.augmentation,
             "history": history,
@@ -555,6 +727,31 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true", help="continue each run from its saved weights (new lr cycle)"
     )
     parser.add_argument("--no-ship", action="store_true", help="train the runs but leave the package alone")
+    parser.add_argument(
+        "--out-dir", type=Path, default=RUNS_DIR, help="folder of the run bundles (<out-dir>/<task>/<run>/)"
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="warm-start each run from <init-from>/<task>/<run>/ (e.g. out/shipped_models)",
+    )
+    parser.add_argument(
+        "--face-neck",
+        dest="face_neck",
+        action="store_const",
+        const=1,
+        default=0,
+        help="synthetic heads with a neck, face and spinal cord",
+    )
+    parser.add_argument(
+        "--face-neck-tongue",
+        dest="face_neck",
+        action="store_const",
+        const=2,
+        help="as --face-neck, plus a homogeneous tongue-like mass",
+    )
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"error: sample data folder {args.data} not found; pass --data", file=sys.stderr)
@@ -578,8 +775,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.epochs or recipe.epochs,
                 args.steps_per_epoch or recipe.steps_per_epoch,
                 args.synthetic_per_brain,
-                RUNS_DIR / task / run,
+                args.out_dir / task / run,
                 resume=args.resume,
+                init_from=args.init_from / task / run if args.init_from else None,
+                face_and_neck=args.face_neck,
+                lr=args.lr,
             )
             if run == recipe.shipped_run and not args.no_ship:
                 target = ship(recipe, run_dir)

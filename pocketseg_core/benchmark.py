@@ -46,6 +46,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pocketseg_core.errors import PocketSegError
+from pocketseg_core.io import write_text_atomic
 
 TASKS = ("skullstrip", "liver")
 
@@ -707,8 +708,8 @@ def run_benchmark(
     stem = f"benchmark_{started.strftime('%Y-%m-%d')}_{'+'.join(d.replace(':', '') for d in devices)}{'_quick' if settings.quick else ''}"
     json_path = output_dir / f"{stem}.json"
     markdown_path = output_dir / f"{stem}.md"
-    _atomic_write(json_path, json.dumps(report, indent=1))
-    _atomic_write(markdown_path, render_markdown(report))
+    write_text_atomic(json_path, json.dumps(report, indent=1))
+    write_text_atomic(markdown_path, render_markdown(report))
     return {"json": json_path, "markdown": markdown_path}
 
 
@@ -814,17 +815,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _case_main(argv: Sequence[str] | None = None) -> int:
     """``python -m pocketseg_core.benchmark --case CASE.json``: run one case, write its record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -832,7 +822,7 @@ def _case_main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     case = BenchmarkCase(**json.loads(Path(args.case).read_text(encoding="utf-8")))
     record = run_case(case)
-    _atomic_write(Path(case.result_path), json.dumps(record))
+    write_text_atomic(Path(case.result_path), json.dumps(record))
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from pocketseg_core.errors import GridMismatchError, ImageWriteError, InputImageError
+from pocketseg_core.errors import GridMismatchError, ImageWriteError, InputImageError, PocketSegError
 
 logger = logging.getLogger(__name__)
 
@@ -305,3 +305,34 @@ def image_from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
     image.CopyInformation(reference)
     return image
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8, line endings as given) to ``path`` atomically: a temporary file in
+    the same folder, flushed to disk, then ``os.replace``; on failure the previous file, if any,
+    is untouched and no temporary file is left.
+
+    Raises:
+        PocketSegError: the file cannot be written (missing or read-only folder, disk full).
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as error:
+        raise PocketSegError(f"{target}: cannot write ({error.strerror or error}).") from error
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise PocketSegError(
+            f"{target}: cannot write ({error.strerror or error}); the previous version, if any, was kept."
+        ) from error
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target

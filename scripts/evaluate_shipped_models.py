@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ import train_shipped_models as recipes  # noqa: E402  (the data lists and loader
 from pocketseg_core.bundles import load_bundle, sha256_of  # noqa: E402
 from pocketseg_core.geometry import resample_to_spacing  # noqa: E402
 from pocketseg_core.inference import InferenceOptions, segment_image  # noqa: E402
+from pocketseg_core.io import write_text_atomic  # noqa: E402
 from pocketseg_core.metrics import METRIC_NAMES, compute_metrics  # noqa: E402
 from pocketseg_core.overlay import save_overlay_png  # noqa: E402
 
@@ -51,10 +51,7 @@ CT_DISPLAY_WINDOW = (-150.0, 250.0)
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write (temp file in the same folder + os.replace)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(json.dumps(data, indent=2) + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def small_png(path: Path, colors: int = 128) -> int:

@@ -43,7 +43,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -687,10 +686,7 @@ def update_catalog(recipe: TaskRecipe, bundle_dir: Path) -> None:
         }
     )
     catalog["bundles"] = sorted(entries, key=lambda e: e["task"])
-    handle, temporary = tempfile.mkstemp(prefix=".catalog.", suffix=".json", dir=SHIPPED_CATALOG.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(json.dumps(catalog, indent=2) + "\n")
-    os.replace(temporary, SHIPPED_CATALOG)
+    io.write_text_atomic(SHIPPED_CATALOG, json.dumps(catalog, indent=2) + "\n")
 
 
 def ship(recipe: TaskRecipe, run_dir: Path) -> Path:

@@ -14,7 +14,6 @@ import csv
 import io
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,17 +127,6 @@ def _write_image(image: sitk.Image, path: Path) -> None:
     write_image(image, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def export_cases(data: list[CaseData], folder: str | os.PathLike) -> Path:
     """Write every case as ``<id>.nrrd`` + ``<id>_label.nrrd`` and the ``cases.csv``; returns the CSV.
 
@@ -155,5 +143,7 @@ def export_cases(data: list[CaseData], folder: str | os.PathLike) -> Path:
         _write_image(item.label, folder / label_name)
         writer.writerow([image_name, label_name, item.subject])
     csv_path = folder / CASES_CSV
-    _atomic_write_text(csv_path, buffer.getvalue())
+    from pocketseg_core.io import write_text_atomic
+
+    write_text_atomic(csv_path, buffer.getvalue())
     return csv_path

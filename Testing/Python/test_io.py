@@ -305,3 +305,23 @@ def test_extension_helpers() -> None:
     assert image_extension("x.png") == ""
     assert strip_image_extension("dir/case_01.nii.gz") == "case_01"
     assert strip_image_extension("case.v2.nrrd") == "case.v2"
+
+
+def test_write_text_atomic_keeps_the_previous_file_on_failure(tmp_path, monkeypatch):
+    import os
+
+    from pocketseg_core.errors import PocketSegError
+    from pocketseg_core.io import write_text_atomic
+
+    target = tmp_path / "table.csv"
+    write_text_atomic(target, "a,b\r\n±1,2\r\n")
+    assert target.read_bytes() == "a,b\r\n±1,2\r\n".encode()  # UTF-8, line endings kept
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    with pytest.raises(PocketSegError, match="table.csv: cannot write .No space left on device.; the previous"):
+        write_text_atomic(target, "new")
+    assert target.read_bytes() == "a,b\r\n±1,2\r\n".encode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]

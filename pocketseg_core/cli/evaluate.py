@@ -13,13 +13,11 @@ import csv
 import io as text_io
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from pocketseg_core.errors import InputImageError, PocketSegError
-from pocketseg_core.io import is_image_file, read_image, strip_image_extension
+from pocketseg_core.io import is_image_file, read_image, strip_image_extension, write_text_atomic
 from pocketseg_core.metrics import DISTANCE_METRICS, METRIC_NAMES, compute_metrics
 
 
@@ -149,15 +147,7 @@ def _write_csv(rows: dict[str, dict[str, float]], path: Path) -> None:
     writer.writerow(["case", *METRIC_NAMES])
     for case, metrics in rows.items():
         writer.writerow([case, *(repr(float(metrics[name])) for name in METRIC_NAMES)])
-    folder = path.parent if str(path.parent) else Path(".")
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=folder)
-    except OSError as error:
-        raise PocketSegError(f"{path}: cannot write the CSV table ({error.strerror or error}).") from error
-    try:
-        with os.fdopen(handle, "w", newline="") as file:
-            file.write(buffer.getvalue())
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise PocketSegError(f"{path}: cannot write the CSV table ({error.strerror or error}).") from error
+        write_text_atomic(path, buffer.getvalue())
+    except PocketSegError as error:
+        raise PocketSegError(f"cannot write the CSV table: {error}") from error

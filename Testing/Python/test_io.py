@@ -321,7 +321,9 @@ def test_write_text_atomic_keeps_the_previous_file_on_failure(tmp_path, monkeypa
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", disk_full)
-    with pytest.raises(PocketSegError, match="table.csv: cannot write .No space left on device.; the previous"):
+    with pytest.raises(
+        PocketSegError, match="table.csv: cannot write .No space left on device.; the previous"
+    ):
         write_text_atomic(target, "new")
     assert target.read_bytes() == "a,b\r\n±1,2\r\n".encode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]

@@ -42,6 +42,8 @@ MODELS_DIR_ENV = "POCKETSEG_MODELS_DIR"
 MODALITIES = ("MR", "CT")
 WINDOW_MODES = ("patch3d", "slab", "slice2d")
 PREPROCESSING_KINDS = ("mr_zscore", "ct_window")
+POSTPROCESSING_KEYS = frozenset({"cut_bridges_mm", "fill_holes"})
+FILL_HOLES_MODES = ("3d", "slices")
 
 #: SNOMED-CT codes used for the labels of the shipped tasks (DICOM terminology triplets).
 SNOMED_ANATOMICAL_STRUCTURE = {
@@ -125,6 +127,11 @@ class BundleConfig:
     network_args: dict[str, Any] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=lambda: {"kind": "mr_zscore"})
     fast_spacing: tuple[float, float, float] | None = None
+    #: mask clean-up beyond the largest component, chosen per model on validation data:
+    #: ``{"cut_bridges_mm": r}`` detaches blobs hanging on by bridges thinner than 2 r mm
+    #: (:func:`pocketseg_core.postprocessing.cut_thin_bridges`); ``{"fill_holes": "slices"}``
+    #: fills holes in every axial slice (``"3d"``: in 3D), as the reference labels are drawn
+    postprocessing: dict[str, Any] = field(default_factory=dict)
     orientation: str = "LPS"
     title: str = ""
     version: str = "0.0.0"
@@ -189,6 +196,21 @@ class BundleConfig:
                 raise BundleError(
                     f"{where}: ct_window preprocessing needs 'window': [low, high] in HU, low < high"
                 )
+        if not isinstance(self.postprocessing, Mapping):
+            raise BundleError(f'{where}: postprocessing must be an object, e.g. {{"cut_bridges_mm": 4.0}}')
+        unknown = sorted(set(self.postprocessing) - POSTPROCESSING_KEYS)
+        if unknown:
+            raise BundleError(
+                f"{where}: unknown postprocessing keys {unknown}; known: {sorted(POSTPROCESSING_KEYS)}"
+            )
+        radius = self.postprocessing.get("cut_bridges_mm")
+        if radius is not None and not (isinstance(radius, int | float) and radius > 0):
+            raise BundleError(f"{where}: postprocessing.cut_bridges_mm must be a positive number of mm")
+        fill = self.postprocessing.get("fill_holes")
+        if fill is not None and fill not in FILL_HOLES_MODES:
+            raise BundleError(
+                f"{where}: postprocessing.fill_holes must be one of {FILL_HOLES_MODES}, got {fill!r}"
+            )
         if self.orientation not in ("LPS", "RAS"):
             raise BundleError(f"{where}: orientation must be 'LPS' or 'RAS', got {self.orientation!r}")
 

@@ -13,8 +13,9 @@ Pipeline of :func:`segment_image`:
    test-time augmentation averages the probabilities of mirrored inputs;
 5. bring the probabilities back to the input grid *linearly* (exact permutation when no
    resampling was needed) and only then take the argmax/threshold;
-6. keep the largest connected component per label (PocketNet section 3) and optionally fill
-   holes; return a ``uint8`` mask with exactly the input's geometry.
+6. keep the largest connected component per label (PocketNet section 3), after detaching
+   blobs joined by thin bridges where the bundle asks for it, and fill holes (in 3D, or in
+   each axial slice) where the bundle or the caller asks for it; return a ``uint8`` mask with exactly the input's geometry.
 
 The CUDA path keeps the volume, the Gaussian and the accumulators on the GPU, runs under
 ``torch.autocast`` (bf16 where supported, else fp16) and ``torch.inference_mode``; on
@@ -37,7 +38,12 @@ import torch
 from pocketseg_core import geometry, io
 from pocketseg_core.bundles import ModelBundle
 from pocketseg_core.errors import Cancelled, InputImageError, PocketSegError
-from pocketseg_core.postprocessing import fill_holes, keep_largest_component
+from pocketseg_core.postprocessing import (
+    cut_thin_bridges,
+    fill_holes,
+    fill_holes_in_slices,
+    keep_largest_component,
+)
 from pocketseg_core.preprocessing import WorkingGrid, modality_warning, to_working_grid
 
 #: ``progress(fraction_done, message) -> bool | None``; returning ``False`` cancels the run.
@@ -64,7 +70,9 @@ class InferenceOptions:
     overlap: float = 0.5  # fraction of a window shared with its neighbour, in [0, 1)
     batch_size: int = 4  # windows per network call (halved automatically on CUDA OOM)
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
-    keep_largest_component: bool = True  # PocketNet section 3 post-processing
+    #: the clean-up: largest component per label (PocketNet section 3) and the bundle's own steps
+    #: (bridge cutting, hole filling); False gives the raw thresholded mask
+    keep_largest_component: bool = True
     fill_holes: bool = False
     return_probabilities: bool = False
     #: speed options, off by default: the plain path is the reference that the optimised ones
@@ -509,8 +517,14 @@ def segment_image(
     tick = time.perf_counter()
     mask, probability_image = _to_input_grid(probabilities, grid, image, config, options)
     if options.keep_largest_component:
+        bridge_radius = config.postprocessing.get("cut_bridges_mm")
+        if bridge_radius:
+            mask = cut_thin_bridges(mask, float(bridge_radius))
         mask = keep_largest_component(mask)
-    if options.fill_holes:
+    model_fill = config.postprocessing.get("fill_holes") if options.keep_largest_component else None
+    if model_fill == "slices":
+        mask = fill_holes_in_slices(mask)
+    if options.fill_holes or model_fill == "3d":
         mask = fill_holes(mask)
     mask.CopyInformation(image)
     timings["postprocess"] = time.perf_counter() - tick

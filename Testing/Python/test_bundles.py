@@ -158,6 +158,9 @@ def test_weights_of_another_network_are_a_bundle_error(bundle_path):
         ({"labels": []}, "at least one label"),
         ({"preprocessing": {"kind": "ct_window", "window": [200, -100]}}, "low < high"),
         ({"colour": 1}, r"unknown keys \['colour'\]"),
+        ({"postprocessing": {"cut_bridges_mm": -2}}, "cut_bridges_mm must be a positive number"),
+        ({"postprocessing": {"opening": 2}}, r"unknown postprocessing keys \['opening'\]"),
+        ({"postprocessing": {"fill_holes": "2d"}}, "fill_holes must be one of"),
     ],
 )
 def test_invalid_config_names_the_field(change, message):

@@ -3,6 +3,7 @@ and masks on exactly the input grid (phantoms, oblique/flipped copies, real imag
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -196,6 +197,37 @@ def test_phantom_mask_on_the_input_grid_and_accurate(brain_bundle):
     np.testing.assert_array_equal(
         sitk.GetArrayFromImage(without_lcc.mask), (probabilities > 0.5).astype(np.uint8)
     )
+
+
+def test_bundle_bridge_cutting_runs_before_the_largest_component(brain_bundle):
+    image, label = make_phantom("MR", size=(84, 60, 40), spacing=(3.0, 3.0, 3.0))
+    # a brain-like blob outside the brain, joined to it by a one-voxel bar of brain intensity:
+    # the model's leak into the tongue, in small
+    array = sitk.GetArrayFromImage(image)
+    brain = sitk.GetArrayViewFromImage(label) > 0
+    z, y, x = (int(c.mean()) for c in np.nonzero(brain))
+    right = int(np.nonzero(brain[z, y])[0].max())
+    brain_value = float(np.median(array[brain]))
+    array[z - 8 : z + 9, y - 8 : y + 9, right + 1 : right + 27] = array[z, y, right + 3]  # scalp-like
+    array[z - 5 : z + 6, y - 5 : y + 6, right + 13 : right + 24] = brain_value
+    array[z - 2 : z + 3, y - 2 : y + 3, right - 2 : right + 14] = brain_value
+    leaky = sitk.GetImageFromArray(array)
+    leaky.CopyInformation(image)
+    blob = np.zeros_like(brain)
+    blob[z - 3 : z + 4, y - 3 : y + 4, right + 15 : right + 22] = True
+
+    plain = sitk.GetArrayFromImage(segment_image(leaky, brain_bundle, InferenceOptions()).mask)
+    assert plain[blob].all(), "the largest component alone keeps the attached blob"
+    config = dataclasses.replace(brain_bundle.config, postprocessing={"cut_bridges_mm": 9.0})
+    cutting = ModelBundle(config, brain_bundle.state_dict, brain_bundle.path)
+    cut = sitk.GetArrayFromImage(segment_image(leaky, cutting, InferenceOptions()).mask)
+    assert not cut[blob].any()
+    assert dice(cut, brain) > dice(plain, brain)
+    # --all-components (keep_largest_component=False) switches the whole clean-up off
+    raw = sitk.GetArrayFromImage(
+        segment_image(leaky, cutting, InferenceOptions(keep_largest_component=False)).mask
+    )
+    assert raw[blob].all()
 
 
 def test_flipped_and_permuted_copy_gives_the_same_mask_exactly(brain_bundle):

@@ -1,11 +1,21 @@
-"""Post-processing: the masked ("skull-stripped") volume's background, per modality."""
+"""Post-processing: the masked ("skull-stripped") volume's background, per modality; the
+largest component; detaching blobs joined by thin bridges."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
-from pocketseg_core.postprocessing import keep_largest_component, mask_array, masked_volume
+from pocketseg_core.postprocessing import (
+    cut_thin_bridges,
+    fill_holes,
+    fill_holes_in_slices,
+    keep_largest_component,
+    mask_array,
+    masked_volume,
+    superior_axis,
+)
 
 
 def test_masked_volume_background_is_zero_for_mr_and_air_for_ct():
@@ -36,3 +46,78 @@ def test_largest_component_keeps_only_the_biggest_blob():
     array[6:9, 6:9, 6:8] = 1  # 18 voxels, separate
     cleaned = sitk.GetArrayFromImage(keep_largest_component(sitk.GetImageFromArray(array)))
     assert cleaned.sum() == 27 and cleaned[1:4, 1:4, 1:4].all()
+
+
+def _ball(shape: tuple[int, int, int], centre: tuple[float, float, float], radius: float) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius**2
+
+
+def _brain_with_leak(spacing: tuple[float, float, float]) -> tuple[sitk.Image, np.ndarray, np.ndarray]:
+    """A big ball (the brain) and a smaller one (the tongue) joined by a 2-voxel-wide bar."""
+    shape = (40, 40, 70)
+    brain = _ball(shape, (20, 20, 20), 14)
+    tongue = _ball(shape, (20, 20, 55), 8)
+    bridge = np.zeros(shape, dtype=bool)
+    bridge[19:21, 19:21, 30:50] = True
+    image = sitk.GetImageFromArray((brain | tongue | bridge).astype(np.uint8))
+    image.SetSpacing(spacing)
+    image.SetOrigin((3.0, -7.0, 11.0))
+    image.SetDirection((0, 0, 1, 1, 0, 0, 0, 1, 0))
+    return image, brain, tongue
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 1.5, 2.0)])
+def test_cut_thin_bridges_drops_the_attached_blob_and_keeps_the_body(spacing):
+    image, brain, tongue = _brain_with_leak(spacing)
+    # the largest-component step alone keeps the blob: it is connected
+    assert sitk.GetArrayFromImage(keep_largest_component(image))[tongue].all()
+    cut = cut_thin_bridges(image, radius_mm=3.0)
+    array = sitk.GetArrayFromImage(cut)
+    assert array[brain].all(), "nothing of the main body may be removed"
+    assert not array[tongue].any()
+    assert array.sum() < brain.sum() + 40  # at most a stub of the bridge stays
+    assert cut.GetSpacing() == image.GetSpacing() and cut.GetOrigin() == image.GetOrigin()
+    assert cut.GetDirection() == image.GetDirection()
+
+
+def test_cut_thin_bridges_leaves_a_single_thick_body_alone():
+    image, brain, _ = _brain_with_leak((1.0, 1.0, 1.0))
+    # a radius larger than the tongue's: it has no core of its own, nothing is detached
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(cut_thin_bridges(image, radius_mm=9.0)), sitk.GetArrayFromImage(image)
+    )
+    with pytest.raises(ValueError, match="radius_mm must be positive"):
+        cut_thin_bridges(image, radius_mm=0)
+
+
+def test_cut_thin_bridges_works_per_label():
+    image, brain, tongue = _brain_with_leak((1.0, 1.0, 1.0))
+    array = sitk.GetArrayFromImage(image)
+    array[:, :, :8] = np.where(array[:, :, :8] > 0, 2, 0)  # part of the body is another label
+    labelled = sitk.GetImageFromArray(array)
+    result = sitk.GetArrayFromImage(cut_thin_bridges(labelled, radius_mm=3.0))
+    assert (result == 2).sum() == (array == 2).sum()
+    assert not result[tongue].any() and (result[brain & (array == 1)] == 1).all()
+
+
+@pytest.mark.parametrize("superior", [0, 2])
+def test_fill_holes_in_slices_closes_a_vessel_tunnel_that_3d_filling_cannot(superior):
+    """An organ pierced by a vessel from top to bottom: a hole in every axial slice."""
+    organ = np.zeros((12, 20, 20), dtype=np.uint8)  # numpy (k, j, i)
+    organ[1:11, 3:17, 3:17] = 1
+    organ[:, 9:11, 9:11] = 0  # the vessel runs through all of it along numpy axis 0
+    organ[5, 4:6, 4:6] = 0  # a cavity inside: 3D filling closes it too
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(organ, 0, superior)))
+    image.SetSpacing((0.8, 0.8, 2.5))
+    # the array axis that runs head-foot is the one the tunnel runs along
+    direction = {0: (1, 0, 0, 0, 1, 0, 0, 0, 1), 2: (0, 0, 1, 0, 1, 0, 1, 0, 0)}[superior]
+    image.SetDirection(direction)
+    assert superior_axis(image) == superior
+    three_d = np.moveaxis(sitk.GetArrayFromImage(fill_holes(image)), superior, 0)
+    assert three_d[5, 4:6, 4:6].all() and not three_d[:, 9:11, 9:11].any()
+    sliced = fill_holes_in_slices(image)
+    assert sliced.GetDirection() == image.GetDirection()
+    filled = np.moveaxis(sitk.GetArrayFromImage(sliced), superior, 0)
+    assert filled[1:11, 9:11, 9:11].all() and filled[5, 4:6, 4:6].all()
+    assert filled.sum() == 10 * 14 * 14  # nothing outside the organ's outline

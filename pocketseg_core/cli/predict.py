@@ -61,7 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, default=4, help="windows per network call (default 4)")
     parser.add_argument("--fill-holes", action="store_true", help="fill enclosed holes in the mask")
     parser.add_argument(
-        "--all-components", action="store_true", help="keep every connected component (default: the largest)"
+        "--all-components",
+        action="store_true",
+        help="keep every connected component (default: the largest, after the model's bridge cutting if any)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.set_defaults(command="predict")

@@ -264,19 +264,17 @@ class PocketSegTrainLogic:
     def run(
         self,
         cases: list[TrainingCase] | str | os.PathLike,
-        preset: str = "pocketnet-nfbs",
-        output_dir: str | os.PathLike | None = None,
-        folds: int = 5,
-        epochs: int | None = None,
-        device: str = "auto",
+        *args: Any,
         progress: ProgressCallback | None = None,
-        resume: bool = False,
-        network: str | None = None,
         log: Callable[[str], None] | None = print,
-        **settings: Any,
+        **kwargs: Any,
     ) -> TrainingResult:
-        """Train, cross-validate and bring the results back (blocking; console and scripts)."""
-        prepared = self.prepare(cases, preset, output_dir, folds, epochs, device, network, resume, **settings)
+        """Train, cross-validate and bring the results back (blocking; console and scripts).
+
+        ``args``/``kwargs`` are those of :meth:`prepare` (preset, output_dir, folds, epochs,
+        device, network, resume, model_name, register and TrainingConfig overrides).
+        """
+        prepared = self.prepare(cases, *args, **kwargs)
         for warning in prepared.warnings:
             if log is not None:
                 log(f"warning: {warning}")

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_shipped_models as recipes  # noqa: E402  (the data lists and loaders live there)
 
-from pocketseg_core.bundles import load_bundle, sha256_of  # noqa: E402
+from pocketseg_core.bundles import ModelBundle, load_bundle, sha256_of  # noqa: E402
 from pocketseg_core.geometry import resample_to_spacing  # noqa: E402
 from pocketseg_core.inference import InferenceOptions, segment_image  # noqa: E402
 from pocketseg_core.io import write_text_atomic  # noqa: E402
@@ -221,7 +221,9 @@ def evaluate_task(
                 f"[{task}] {run}: no fold model at {run_dir}; run train_shipped_models.py first", flush=True
             )
             continue
-        bundle = load_bundle(run_dir)
+        trained = load_bundle(run_dir)
+        # the recipe's clean-up, as the shipped bundle gets it (fold runs may predate it)
+        bundle = ModelBundle(recipes.recipe_config(recipe, trained.config), trained.state_dict, run_dir)
         network = bundle.build_network(device)
         for case in held_out:
             if task == "skullstrip":
@@ -241,6 +243,7 @@ def evaluate_task(
                 "file": source,
                 "model_run": run,
                 "model_weights_sha256": bundle.config.weights_sha256,
+                "postprocessing": dict(bundle.config.postprocessing),
                 "is_shipped_weights": same_weights(bundle, shipped_dir),
                 "metrics": metrics,
                 "volume_ml": {

@@ -38,6 +38,7 @@ Method (documented in Resources/Models/*.md):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -111,6 +112,9 @@ class TaskRecipe:
     #: run name -> held-out case ids (empty: trained on every case)
     runs: dict[str, list[str]] = field(default_factory=dict)
     shipped_run: str = ""
+    version: str = "1.0.0"
+    #: the bundle's mask clean-up (BundleConfig.postprocessing), chosen without the test images
+    postprocessing: dict[str, Any] = field(default_factory=dict)
 
 
 SKULLSTRIP = TaskRecipe(
@@ -149,10 +153,14 @@ SKULLSTRIP = TaskRecipe(
     foreground_fraction=0.6,
     description=(
         "Brain mask from a T1-weighted head MRI (whole head in). Trained on 2 real heads + "
-        "SynthStrip-style synthetic heads; research use only, not a clinical device."
+        "SynthStrip-style synthetic heads with face, tongue, neck and spinal cord; research use "
+        "only, not a clinical device."
     ),
     runs={"loo_swiss": ["swiss"], "loo_robex": ["robex"]},
     shipped_run="loo_swiss",
+    version="1.2.0",
+    # chosen on synthetic validation heads (scripts/validate_skullstrip.py), not on the real heads
+    postprocessing={"cut_bridges_mm": 4.0},
 )
 
 LIVER = TaskRecipe(
@@ -167,21 +175,25 @@ LIVER = TaskRecipe(
     window_size_zyx=(1, 0, 0),
     patch_zyx=(1, 160, 160),
     preprocessing={"kind": "ct_window", "window": [-100, 200], "normalize": "unit"},
+    # version 1.1: wider scaling and contrast, gamma and simulated coarser in-plane resolution,
+    # for CTs unlike the two a fold trains on (the 3 mm CT, another contrast phase)
     augmentation=[
         {
             "name": "affine",
             "p": 0.7,
             "rotation_degrees": 15.0,
-            "scale": [0.85, 1.15],
+            "scale": [0.8, 1.25],
             "elastic_magnitude": 2.0,
         },
-        {"name": "contrast", "p": 0.3, "factor": [0.85, 1.15]},
-        {"name": "scale_shift", "p": 0.3},
-        {"name": "noise", "p": 0.3, "std": [0.0, 0.03]},
-        {"name": "blur", "p": 0.2, "sigma": [0.3, 0.8]},
+        {"name": "contrast", "p": 0.4, "factor": [0.75, 1.3]},
+        {"name": "scale_shift", "p": 0.4},
+        {"name": "gamma", "p": 0.3, "gamma": [0.75, 1.35]},
+        {"name": "resolution", "p": 0.3, "factor": [1.0, 2.0]},
+        {"name": "noise", "p": 0.3, "std": [0.0, 0.05]},
+        {"name": "blur", "p": 0.3, "sigma": [0.3, 1.0]},
     ],
     batch_size=8,
-    epochs=3,
+    epochs=6,
     steps_per_epoch=50,
     lr=2e-3,
     foreground_fraction=0.7,
@@ -191,6 +203,9 @@ LIVER = TaskRecipe(
     ),
     runs={"loo_ts_small": ["ts_small"], "loo_ts_dicom": ["ts_dicom"], "loo_dcmqi": ["dcmqi"], "all": []},
     shipped_run="all",
+    version="1.1.0",
+    # liver references (LiTS, the manual dcmqi label) include the intrahepatic vessels
+    postprocessing={"fill_holes": "slices"},
 )
 
 RECIPES = {"skullstrip": SKULLSTRIP, "liver": LIVER}
@@ -660,11 +675,24 @@ def bundle_config(recipe: TaskRecipe, training: dict[str, Any]) -> BundleConfig:
         network_args=dict(recipe.network_args),
         preprocessing=dict(recipe.preprocessing),
         orientation="LPS",
+        postprocessing=dict(recipe.postprocessing),
         title=recipe.title,
-        version="1.0.0",
+        version=recipe.version,
         description=recipe.description,
         task=recipe.task,
         training=training,
+    )
+
+
+def recipe_config(recipe: TaskRecipe, config: BundleConfig) -> BundleConfig:
+    """``config`` of a trained run with the recipe's current name, version, description and
+    clean-up (a run trained before the clean-up was chosen gets it; its weights are untouched)."""
+    return dataclasses.replace(
+        config,
+        postprocessing=dict(recipe.postprocessing),
+        version=recipe.version,
+        description=recipe.description,
+        title=recipe.title,
     )
 
 
@@ -680,7 +708,7 @@ def update_catalog(recipe: TaskRecipe, bundle_dir: Path) -> None:
             "task": recipe.task,
             "title": recipe.title,
             "modality": recipe.modality,
-            "version": "1.0.0",
+            "version": recipe.version,
             "path": bundle_dir.name,
             "weights_sha256": sha256_of(bundle_dir / "weights.pt"),
         }
@@ -694,7 +722,7 @@ def ship(recipe: TaskRecipe, run_dir: Path) -> Path:
     from pocketseg_core.bundles import load_bundle
 
     bundle = load_bundle(run_dir)
-    target = save_bundle(MODELS_DIR / recipe.task, bundle.config, bundle.state_dict)
+    target = save_bundle(MODELS_DIR / recipe.task, recipe_config(recipe, bundle.config), bundle.state_dict)
     update_catalog(recipe, target)
     return target
 
@@ -748,6 +776,11 @@ def main(argv: list[str] | None = None) -> int:
         help="as --face-neck, plus a homogeneous tongue-like mass",
     )
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the recipe's)")
+    parser.add_argument(
+        "--ship-only",
+        action="store_true",
+        help="train nothing: ship the task's shipped run from --out-dir (after evaluating it)",
+    )
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"error: sample data folder {args.data} not found; pass --data", file=sys.stderr)
@@ -757,6 +790,14 @@ def main(argv: list[str] | None = None) -> int:
     tasks = args.order.split(",") if args.task == "all" else [args.task]
     for task in tasks:
         recipe = RECIPES[task]
+        if args.ship_only:
+            run_dir = args.out_dir / task / recipe.shipped_run
+            if not (run_dir / "bundle.json").is_file():
+                print(f"error: no trained run at {run_dir}; train it first", file=sys.stderr)
+                return 2
+            target = ship(recipe, run_dir)
+            print(f"[{task}] shipped {run_dir} -> {target}", flush=True)
+            continue
         runs = args.runs or list(recipe.runs)
         for run in runs:
             if run not in recipe.runs:

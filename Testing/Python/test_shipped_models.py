@@ -45,6 +45,7 @@ def test_shipped_bundle_is_catalogued_verified_and_small(task: str) -> None:
     assert bundle.path.resolve() == folder.resolve()
     assert bundle.config.weights_sha256 == entry["weights_sha256"]
     assert bundle.config.task == task and bundle.config.name == entry["name"]
+    assert bundle.config.version == entry["version"]
     assert bundle.config.modality == ("MR" if task == "skullstrip" else "CT")
     folder_bytes = sum(path.stat().st_size for path in folder.iterdir())
     assert folder_bytes < TWO_MB, f"{folder} is {folder_bytes} bytes; a pocket model is well under 2 MB"

@@ -130,11 +130,16 @@ def cut_thin_bridges(mask: sitk.Image, radius_mm: float) -> sitk.Image:
     mask = sitk.Cast(mask, sitk.sitkUInt8)
     output = sitk.GetArrayFromImage(mask)
     for value in _labels_of(mask):
-        # the distance maps are the cost: compute them on the label's bounding box only
-        start, size = _bounding_box(sitk.Equal(mask, value), margin=2)
-        binary = sitk.RegionOfInterest(sitk.Equal(mask, value), size, start)
+        label = sitk.Equal(mask, value)
+        # the distance maps are the cost: compute them on the label's bounding box only, and on
+        # a grid no finer than radius / 2 (a strand is cut between cores at least 2 r apart, so
+        # this loses nothing that matters: 8x fewer voxels for a 1 mm head at r = 4 mm)
+        start, size = _bounding_box(label, margin=2)
+        binary = sitk.RegionOfInterest(label, size, start)
+        factors = [max(1, int(radius_mm / (2.0 * s))) for s in binary.GetSpacing()]
+        coarse = sitk.BinShrink(sitk.Cast(binary, sitk.sitkFloat32), factors) >= 0.5
         depth = sitk.SignedMaurerDistanceMap(
-            binary, insideIsPositive=True, squaredDistance=False, useImageSpacing=True
+            coarse, insideIsPositive=True, squaredDistance=False, useImageSpacing=True
         )
         cores = sitk.RelabelComponent(sitk.ConnectedComponent(depth > radius_mm, True), sortByObjectSize=True)
         if sitk.GetArrayViewFromImage(cores).max() <= 1:
@@ -145,7 +150,10 @@ def cut_thin_bridges(mask: sitk.Image, radius_mm: float) -> sitk.Image:
         to_others = sitk.SignedMaurerDistanceMap(
             cores > 1, insideIsPositive=False, squaredDistance=True, useImageSpacing=True
         )
-        share = sitk.And(binary, sitk.LessEqual(to_main, to_others))
+        territory = sitk.LessEqual(to_main, to_others)  # nearer to the main core than to any other
+        # back on the label's grid; a remainder row BinShrink dropped counts as the main core's
+        territory = sitk.Resample(territory, binary, sitk.Transform(), sitk.sitkNearestNeighbor, 1)
+        share = sitk.And(binary, territory)
         largest = sitk.RelabelComponent(sitk.ConnectedComponent(share, True), sortByObjectSize=True) == 1
         box = tuple(slice(b, b + n) for b, n in zip(start[::-1], size[::-1], strict=True))
         dropped = (output[box] == value) & ~sitk.GetArrayViewFromImage(largest).astype(bool)

@@ -199,6 +199,45 @@ def test_phantom_mask_on_the_input_grid_and_accurate(brain_bundle):
     )
 
 
+def _oblique(
+    image: sitk.Image, size: list[int], spacing: tuple[float, float, float], shift_mm: float
+) -> sitk.Image:
+    """``image`` resampled onto a grid rotated 20 degrees about z with its x axis flipped."""
+    angle = math.radians(20)
+    rotation = np.array(
+        [[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]]
+    ) @ np.diag([-1.0, 1.0, 1.0])
+    reference = sitk.Image(size, sitk.sitkFloat32)
+    reference.SetSpacing(spacing)
+    reference.SetDirection(rotation.ravel().tolist())
+    centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()]))
+    half = rotation @ ((np.asarray(size) - 1) * np.asarray(spacing) / 2)
+    reference.SetOrigin((centre - half + shift_mm).tolist())
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 2.0, sitk.sitkFloat32)
+
+
+@pytest.mark.parametrize("where", ["oblique", "cut by the field of view", "finer than the working grid"])
+def test_mask_resampled_only_near_the_foreground_equals_the_full_resampling(brain_bundle, where):
+    # Without probabilities asked for, only the part of the input grid where the interpolated
+    # probability can exceed 0.5 is resampled; it must give the full resampling's mask exactly.
+    image, _ = make_phantom("MR", size=(50, 61, 37), spacing=(3.0, 2.5, 3.5), seed=3)
+    if where == "oblique":
+        image = _oblique(image, [70, 56, 40], (2.5, 3.2, 4.0), 0.0)
+    elif where == "cut by the field of view":  # the head runs out of the grid on two sides
+        image = _oblique(image, [40, 36, 30], (3.0, 3.0, 3.0), 40.0)
+    else:
+        image = _oblique(image, [150, 130, 60], (1.1, 1.3, 2.3), 0.0)
+    options = InferenceOptions(keep_largest_component=False)
+    full = segment_image(image, brain_bundle, dataclasses.replace(options, return_probabilities=True))
+    bounded = segment_image(image, brain_bundle, options)
+    assert_same_grid(bounded.mask, image)
+    expected = (sitk.GetArrayFromImage(full.probabilities) > 0.5).astype(np.uint8)
+    assert 1000 < np.count_nonzero(expected) < expected.size
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(bounded.mask), expected)
+    if where == "cut by the field of view":
+        assert expected[:, :, 0].any() or expected[:, :, -1].any() or expected[0].any() or expected[-1].any()
+
+
 def test_bundle_bridge_cutting_runs_before_the_largest_component(brain_bundle):
     image, label = make_phantom("MR", size=(84, 60, 40), spacing=(3.0, 3.0, 3.0))
     # a brain-like blob outside the brain, joined to it by a one-voxel bar of brain intensity:
@@ -247,17 +286,7 @@ def test_flipped_and_permuted_copy_gives_the_same_mask_exactly(brain_bundle):
 
 def test_rotated_flipped_anisotropic_copy_gives_the_same_mask_in_physical_space(brain_bundle):
     image, label = make_phantom("MR", size=(64, 64, 56), spacing=(3.0, 3.0, 3.0), seed=2)
-    angle = math.radians(20)
-    rotation = np.array(
-        [[math.cos(angle), -math.sin(angle), 0], [math.sin(angle), math.cos(angle), 0], [0, 0, 1]]
-    ) @ np.diag([-1.0, 1.0, 1.0])  # rotated 20 degrees about z, x axis flipped
-    reference = sitk.Image([84, 66, 42], sitk.sitkFloat32)
-    reference.SetSpacing((2.5, 3.2, 4.0))
-    reference.SetDirection(rotation.ravel().tolist())
-    centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()]))
-    half = rotation @ ((np.asarray(reference.GetSize()) - 1) * np.asarray(reference.GetSpacing()) / 2)
-    reference.SetOrigin((centre - half).tolist())
-    copy = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, 2.0, sitk.sitkFloat32)
+    copy = _oblique(image, [84, 66, 42], (2.5, 3.2, 4.0), 0.0)
     mask = segment_image(image, brain_bundle).mask
     copy_mask = segment_image(copy, brain_bundle).mask
     assert_same_grid(copy_mask, copy)

@@ -174,3 +174,32 @@ def test_window_override_runs_one_window_and_agrees(fitted_bundle):
     assert [m for m in seen["reference"] if m.startswith("window ")][-1] != "window 1/1"
     # same network, larger context: the masks agree closely but need not be identical
     assert dice(sitk.GetArrayFromImage(whole.mask), sitk.GetArrayFromImage(reference.mask)) > 0.97
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "speed_options",
+    [
+        {},  # the CUDA path as it runs by default: autocast, GPU-resident volume and accumulators
+        {"channels_last": True, "batch_size": 16},
+        {"compile": True},
+    ],
+)
+@pytest.mark.parametrize("task", ["skullstrip", "liver"])
+def test_cuda_path_agrees_with_the_cpu_reference(task, speed_options):
+    # The shipped bundles on a phantom of the size: what a GPU user runs, checked
+    # against the plain CPU path (fp32, no speed options).
+    bundle = load_bundle(task)
+    size = (256, 256, 192) if task == "skullstrip" else (512, 512, 200)
+    spacing = (1.0, 1.0, 1.0) if task == "skullstrip" else (0.8, 0.8, 2.0)
+    image = make_phantom(task, size, spacing)
+    reference = segment_image(image, bundle, InferenceOptions(device="cpu"))
+    on_gpu = segment_image(image, bundle, InferenceOptions(device="cuda", **speed_options))
+    assert on_gpu.device.startswith("cuda"), on_gpu.messages
+    reference_mask = sitk.GetArrayFromImage(reference.mask)
+    assert np.count_nonzero(reference_mask) > 1000
+    assert dice(sitk.GetArrayFromImage(on_gpu.mask), reference_mask) >= 0.999
+    assert not any("compile failed" in m or "CPU" in m for m in on_gpu.messages), on_gpu.messages

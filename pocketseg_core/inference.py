@@ -39,10 +39,12 @@ from pocketseg_core import geometry, io
 from pocketseg_core.bundles import ModelBundle
 from pocketseg_core.errors import Cancelled, InputImageError, PocketSegError
 from pocketseg_core.postprocessing import (
+    array_box,
     cut_thin_bridges,
     fill_holes,
     fill_holes_in_slices,
     keep_largest_component,
+    nonzero_extent,
 )
 from pocketseg_core.preprocessing import WorkingGrid, modality_warning, to_working_grid
 
@@ -574,13 +576,10 @@ def _input_region_above(
     does. That box, mapped into the input grid (an affine map: its corners bound it), is grown
     to whole voxels.
     """
-    above = channel > level
-    extents = []
-    for axis in range(3):
-        hits = np.flatnonzero(above.any(axis=tuple(a for a in range(3) if a != axis)))
-        if hits.size == 0:
-            return None
-        extents.append((hits[0] - 1.0, hits[-1] + 1.0))
+    above = nonzero_extent(channel > level)
+    if above is None:
+        return None
+    extents = [(low - 1.0, high + 1.0) for low, high in above]  # (z, y, x)
     corners_xyz = [
         grid.oriented.TransformPhysicalPointToContinuousIndex(
             grid.working.TransformContinuousIndexToPhysicalPoint((x, y, z))
@@ -623,8 +622,7 @@ def _threshold_on_input(
             sitk.sitkFloat32,
             True,
         )
-        box = tuple(slice(b, b + n) for b, n in zip(start[::-1], size[::-1], strict=True))
-        canonical[box] = np.where(sitk.GetArrayViewFromImage(part) > 0.5, label_value, 0)
+        canonical[array_box(start, size)] = np.where(sitk.GetArrayViewFromImage(part) > 0.5, label_value, 0)
     mask = sitk.GetImageFromArray(canonical)
     mask.CopyInformation(grid.canonical)
     return geometry.from_canonical(mask, image)
@@ -641,12 +639,11 @@ def _to_input_grid(
     probabilities) on the input grid: resample linearly first, threshold/argmax after."""
     num_classes = probabilities.shape[0]
     probability_image = None
+    label_value = config.labels[0].value if len(config.labels) == 1 else 1  # of a two-class model
     if num_classes == 2 and grid.resampled and not options.return_probabilities:
-        label_value = config.labels[0].value if len(config.labels) == 1 else 1
         return _threshold_on_input(probabilities[1], grid, image, label_value), None
     if num_classes == 2:
         foreground = _channel_to_input(probabilities[1], grid, image, 0.0)
-        label_value = config.labels[0].value if len(config.labels) == 1 else 1
         mask_array = np.where(foreground > 0.5, label_value, 0).astype(np.uint8)
         if options.return_probabilities:
             probability_image = sitk.GetImageFromArray(foreground.astype(np.float32))

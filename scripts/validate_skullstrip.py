@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_shipped_models as recipes  # noqa: E402  (the data lists and the head generator)
+from evaluate_shipped_models import dice  # noqa: E402  (the heads are made on their label's grid)
 
 from pocketseg_core.bundles import load_bundle  # noqa: E402
 from pocketseg_core.inference import InferenceOptions, segment_image  # noqa: E402
@@ -52,13 +53,6 @@ def validation_heads(data: Path, per_brain: int) -> list[tuple[str, sitk.Image, 
             head, label = recipes.synthesize_head(brain, mask, rng, face_and_neck=2)
             heads.append((f"val_{case}_{copy}", head, label))
     return heads
-
-
-def dice_on_grid(truth: sitk.Image, mask: sitk.Image) -> float:
-    """Dice of two masks on the same grid (the heads are made on their label's grid)."""
-    a = sitk.GetArrayViewFromImage(truth) > 0
-    b = sitk.GetArrayViewFromImage(mask) > 0
-    return float(2.0 * (a & b).sum() / max(int(a.sum() + b.sum()), 1))
 
 
 def cleanups(raw: sitk.Image) -> dict[str, sitk.Image]:
@@ -104,15 +98,15 @@ def main(argv: list[str] | None = None) -> int:
             for name, head, label in heads:
                 raw = segment_image(head, bundle, options, network=network).mask
                 for cleanup, mask in cleanups(raw).items():
-                    dice = dice_on_grid(label, mask)
-                    scores.setdefault(f"{window}^3", {}).setdefault(cleanup, []).append(dice)
+                    score = dice(label, mask)
+                    scores.setdefault(f"{window}^3", {}).setdefault(cleanup, []).append(score)
                     per_head.append(
                         {
                             "run": run,
                             "head": name,
                             "window": window,
                             "cleanup": cleanup,
-                            "dice": round(dice, 4),
+                            "dice": round(score, 4),
                         }
                     )
                 print(

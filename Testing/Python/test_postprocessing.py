@@ -125,3 +125,13 @@ def test_fill_holes_in_slices_closes_a_vessel_tunnel_that_3d_filling_cannot(supe
     filled = np.moveaxis(sitk.GetArrayFromImage(sliced), superior, 0)
     assert filled[1:11, 9:11, 9:11].all() and filled[5, 4:6, 4:6].all()
     assert filled.sum() == 10 * 14 * 14  # nothing outside the organ's outline
+
+
+def test_clean_up_of_an_empty_mask_is_empty_on_the_same_grid():
+    # a model that finds nothing must give an empty mask, not an error
+    empty = sitk.GetImageFromArray(np.zeros((10, 20, 20), dtype=np.uint8))
+    empty.SetSpacing((0.8, 0.8, 2.0))
+    for clean_up in (keep_largest_component, fill_holes_in_slices, lambda m: cut_thin_bridges(m, 3.0)):
+        result = clean_up(empty)
+        assert result.GetSize() == empty.GetSize() and result.GetSpacing() == empty.GetSpacing()
+        assert not sitk.GetArrayFromImage(result).any()

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pocketseg_core.errors import BundleError
+from pocketseg_core.anatomy import structure_for_task
+from pocketseg_core.errors import BundleError, PocketSegError
 
 BUNDLE_FORMAT_VERSION = 1
 CONFIG_FILE = "bundle.json"
@@ -44,20 +45,6 @@ WINDOW_MODES = ("patch3d", "slab", "slice2d")
 PREPROCESSING_KINDS = ("mr_zscore", "ct_window")
 POSTPROCESSING_KEYS = frozenset({"cut_bridges_mm", "fill_holes"})
 FILL_HOLES_MODES = ("3d", "slices")
-
-#: SNOMED-CT codes used for the labels of the shipped tasks (DICOM terminology triplets).
-SNOMED_ANATOMICAL_STRUCTURE = {
-    "CodingSchemeDesignator": "SCT",
-    "CodeValue": "123037004",
-    "CodeMeaning": "Anatomical Structure",
-}
-SNOMED_BRAIN = {"CodingSchemeDesignator": "SCT", "CodeValue": "12738006", "CodeMeaning": "Brain"}
-SNOMED_LIVER = {"CodingSchemeDesignator": "SCT", "CodeValue": "10200004", "CodeMeaning": "Liver"}
-
-
-def terminology_for(structure: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """A label's terminology entry: category "Anatomical Structure" and the structure's type."""
-    return {"category": dict(SNOMED_ANATOMICAL_STRUCTURE), "type": dict(structure)}
 
 
 @dataclass
@@ -95,16 +82,12 @@ class LabelInfo:
 
 
 def standard_label(task: str) -> LabelInfo:
-    """The label of a shipped task with its Slicer colour and SNOMED-CT terminology.
-
-    Colours are those of Slicer's general anatomy terminology (brain 250/250/225, liver
-    221/130/101, in 0-255).
-    """
-    if task == "skullstrip":
-        return LabelInfo(1, "Brain", (250 / 255, 250 / 255, 225 / 255), terminology_for(SNOMED_BRAIN))
-    if task == "liver":
-        return LabelInfo(1, "Liver", (221 / 255, 130 / 255, 101 / 255), terminology_for(SNOMED_LIVER))
-    raise BundleError(f"unknown task {task!r}; known tasks: skullstrip, liver")
+    """The label of a shipped task: name, colour and SNOMED-CT terminology from the anatomy table."""
+    try:
+        structure = structure_for_task(task)
+    except PocketSegError as error:
+        raise BundleError(str(error)) from None
+    return LabelInfo.from_dict(structure.label(1), f"anatomy table: {task}")
 
 
 @dataclass

@@ -168,7 +168,7 @@ class PocketSegTrainLogic:
             cases = list(cases)
             if not cases:
                 raise PocketSegError("no training cases: add at least one case per fold")
-            validation.check_case_count(
+            validation.check_fold_count(
                 len({case.subject or case.case_name for case in cases}), len(cases), int(folds)
             )
             data = cases_module.collect_cases(cases)

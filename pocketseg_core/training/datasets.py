@@ -186,6 +186,19 @@ def discover_cases(dataset: str | Path, label_map: dict[int, int] | None = None)
 # ----------------------------------------------------------------------------------------- folds
 
 
+def check_fold_count(subject_count: int, case_count: int, folds: int) -> None:
+    """Raise :class:`DatasetError` unless ``subject_count`` subjects can fill ``folds`` folds
+    (at least 2 folds, and every fold needs a held-out subject). Torch-free: the Slicer training
+    module checks its cases with it before torch is loaded."""
+    if folds < 2:
+        raise DatasetError(f"cross-validation needs at least 2 folds, got {folds}")
+    if subject_count < folds:
+        raise DatasetError(
+            f"{case_count} case(s) from {subject_count} subject(s) cannot fill {folds} folds: "
+            f"add cases or use {max(2, subject_count)} folds or fewer"
+        )
+
+
 def make_folds(cases: list[Case], n_folds: int, seed: int) -> list[list[str]]:
     """Split the subjects of ``cases`` into ``n_folds`` groups (shuffled with ``seed``).
 
@@ -193,13 +206,7 @@ def make_folds(cases: list[Case], n_folds: int, seed: int) -> list[list[str]]:
     split between folds. Raises :class:`DatasetError` with fewer subjects than folds.
     """
     subjects = sorted({case.subject for case in cases})
-    if n_folds < 2:
-        raise DatasetError(f"cross-validation needs at least 2 folds, got {n_folds}")
-    if len(subjects) < n_folds:
-        raise DatasetError(
-            f"{len(subjects)} subject(s) ({len(cases)} case(s)) cannot fill {n_folds} folds: "
-            f"use --folds {max(2, len(subjects))} or fewer, or add cases"
-        )
+    check_fold_count(len(subjects), len(cases), n_folds)
     random.Random(seed).shuffle(subjects)
     folds = [sorted(subjects[index::n_folds]) for index in range(n_folds)]
     return folds

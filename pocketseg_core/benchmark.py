@@ -50,7 +50,7 @@ from pocketseg_core.io import write_text_atomic
 
 TASKS = ("skullstrip", "liver")
 
-#: the issue's input sizes, SimpleITK (x, y, z) order: T1 256x256x192 at 1 mm; CT 512x512x200
+#: full clinical input sizes, SimpleITK (x, y, z) order: T1 256x256x192 at 1 mm; CT 512x512x200
 FULL_INPUTS: dict[str, dict[str, Any]] = {
     "skullstrip": {"size": (256, 256, 192), "spacing": (1.0, 1.0, 1.0)},
     # a typical abdominal CT: 0.8 mm pixels, 2 mm slices (41 x 41 x 40 cm)
@@ -744,7 +744,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"torch {report['torch']}, Python {report['python']}, {report['machine']}, "
         f"{report['cpu_count']} CPU(s), {report['threads']} thread(s)"
         + (f", GPU {report['gpu']}" if report.get("gpu") else "")
-        + (" — **quick mode (small inputs; not the issue's sizes)**" if report["settings"]["quick"] else ""),
+        + (
+            " — **quick mode (small inputs; not the full clinical sizes)**"
+            if report["settings"]["quick"]
+            else ""
+        ),
         "",
         "Device peaks (measured in this run): "
         + "; ".join(

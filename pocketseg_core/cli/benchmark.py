@@ -20,7 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Times read -> segment -> mask written and the network alone, for every shipped pocket network, "
             "its full-size counterpart and the peers' architectures (MONAI UNet, nnU-Net-style DynUNet; "
-            "needs 'pip install monai==1.6.1'), on phantoms of the issue's sizes; each case runs in its own "
+            "needs 'pip install monai==1.6.1'), on phantoms of clinical sizes (T1 256x256x192 at 1 mm, CT 512x512x200); each case runs in its own "
             "process (peak memory). Writes a JSON file and a markdown table."
         ),
     )

@@ -297,25 +297,43 @@ def save_bundle(folder: str | os.PathLike, config: BundleConfig, state_dict: Map
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    temp.chmod(0o755)  # mkdtemp's 0700 would make a shipped or shared bundle unreadable to others
+    temp = _staging_folder(folder)
     try:
         weights = {k: v.detach().cpu().clone() if hasattr(v, "detach") else v for k, v in state_dict.items()}
         torch.save(weights, temp / WEIGHTS_FILE)
         config.weights_sha256 = sha256_of(temp / WEIGHTS_FILE)
         config.validate()
         (temp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-            os.replace(folder, old / "bundle")
-            os.replace(temp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temp, folder)
+        _replace_folder(temp, folder)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return folder
+
+
+def _staging_folder(target: Path) -> Path:
+    """A new hidden folder beside ``target`` (same file system) to assemble a bundle in."""
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    temp.chmod(0o755)  # mkdtemp's 0700 would make a shipped or shared bundle unreadable to others
+    return temp
+
+
+def _replace_folder(staged: Path, target: Path) -> None:
+    """Move the complete folder ``staged`` to ``target``. An existing ``target`` is moved aside
+    first and deleted only once the new one is in place (put back if the move fails), so a
+    reader never finds a half bundle and a failure never loses the old one."""
+    if not target.exists():
+        os.replace(staged, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, aside / "bundle")
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        os.replace(aside / "bundle", target)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def read_config(folder: str | os.PathLike) -> BundleConfig:
@@ -477,13 +495,11 @@ def register_bundle(path: str | os.PathLike, name: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.resolve() == source.resolve():
         return target
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    temp = _staging_folder(target)
     try:
         shutil.copy2(source / CONFIG_FILE, temp / CONFIG_FILE)
         shutil.copy2(source / WEIGHTS_FILE, temp / WEIGHTS_FILE)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(temp, target)
+        _replace_folder(temp, target)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

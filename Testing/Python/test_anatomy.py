@@ -5,8 +5,10 @@ checked in ``test_slicer_anatomy.py``)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
@@ -76,19 +78,20 @@ def test_snomed_codes_of_the_tasks_are_written_once_outside_tests():
     """Outside Testing/ and the bundles (which carry their labels as data), only anatomy.json
     holds the type codes of brain and liver and the category code."""
     holders: dict[str, list[str]] = {}
-    for path in REPO_ROOT.rglob("*"):
-        relative = path.relative_to(REPO_ROOT)
-        if (
-            not path.is_file()
-            or path.suffix not in {".py", ".json", ".md", ".toml", ".txt", ".cfg", ".yaml", ".yml"}
-            or relative.parts[0] in {"Testing", ".git", ".venv", "out", "build"}
-            or (relative.parts[:2] == ("pocketseg_core", "models") and path.name == "bundle.json")
-        ):
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for code in ("12738006", "10200004", "123037004"):
-            if code in text:
-                holders.setdefault(code, []).append(str(relative))
+    skipped = {"Testing", "out", "build", "node_modules", "__pycache__"}
+    for folder, subfolders, files in os.walk(REPO_ROOT):
+        subfolders[:] = [d for d in subfolders if d not in skipped and not d.startswith(".")]
+        for name in files:
+            path = Path(folder) / name
+            relative = path.relative_to(REPO_ROOT)
+            if path.suffix not in {".py", ".json", ".md", ".toml", ".txt", ".cfg", ".yaml", ".yml"} or (
+                relative.parts[:2] == ("pocketseg_core", "models") and name == "bundle.json"
+            ):
+                continue
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for code in ("12738006", "10200004", "123037004"):
+                if code in text:
+                    holders.setdefault(code, []).append(relative.as_posix())
     assert holders == {
         code: ["pocketseg_core/anatomy.json"] for code in ("12738006", "10200004", "123037004")
     }

@@ -74,10 +74,13 @@ class Structure:
 
 @dataclass(frozen=True)
 class AnatomyTable:
-    """The parsed ``anatomy.json``: the Slicer terminology contexts and one structure per task."""
+    """The parsed ``anatomy.json``: Slicer's terminology and region context names, the
+    categories, and one structure per task."""
 
     terminology_context: str
     region_context: str
+    #: category key (e.g. ``"anatomical structure"``) -> its code
+    categories: dict[str, CodeTriplet]
     structures: dict[str, Structure]
 
     def for_task(self, task: str) -> Structure:
@@ -131,7 +134,9 @@ def parse_table(data: Any, source: str = "anatomy.json") -> AnatomyTable:
                 category=categories[row["category"]],
                 type=_triplet(row["type"], f"{where}.type"),
             )
-        return AnatomyTable(str(data["terminology_context"]), str(data["region_context"]), structures)
+        return AnatomyTable(
+            str(data["terminology_context"]), str(data["region_context"]), categories, structures
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise PocketSegError(
             f"{source} is malformed ({type(error).__name__}: {error}); reinstall PocketSeg"

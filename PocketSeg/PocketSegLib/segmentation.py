@@ -32,8 +32,8 @@ from PocketSegLib.volume_io import ijk_to_ras_matrix, image_from_array_on_volume
 GRID_TOLERANCE = 1e-4
 
 ANATOMY = anatomy_table()
-#: The category of every structure of the anatomy table ("Anatomical Structure").
-ANATOMICAL_STRUCTURE: CodeTriplet = ANATOMY.for_task("skullstrip").category
+#: The category of the anatomy table's structures, also the default of a label without one.
+ANATOMICAL_STRUCTURE: CodeTriplet = ANATOMY.categories["anatomical structure"]
 
 
 def set_code(code_object: Any, code: CodeTriplet) -> None:

@@ -34,6 +34,7 @@ def test_table_holds_the_two_tasks_with_their_snomed_codes_and_slicer_colours():
     assert liver.color_rgb255 == (221, 130, 101)
     table = anatomy_table()
     assert table.terminology_context == "Segmentation category and type - 3D Slicer General Anatomy list"
+    assert table.categories == {"anatomical structure": ("SCT", "123037004", "Anatomical Structure")}
     assert table.for_type_code("10200004") is liver
     assert table.for_type_code("10200004", scheme="99XYZ") is None
     assert table.for_name(" brain ") is brain

@@ -349,20 +349,13 @@ def build_peer(name: str):
 
 def _network_for(case: BenchmarkCase):
     """(bundle, network in eval mode on the CPU) of a case."""
-    from pocketseg_core.bundles import BundleConfig, LabelInfo, ModelBundle, load_bundle
+    from pocketseg_core.bundles import BundleConfig, ModelBundle, load_bundle
     from pocketseg_core.networks import create_network
 
     if case.source == "bundle":
         bundle = load_bundle(case.bundle)
         return bundle, bundle.build_network("cpu")
-    data = dict(case.config)
-    data["labels"] = [LabelInfo.from_dict(label) for label in data["labels"]]
-    for key in ("spacing", "window_size_zyx", "fast_spacing"):
-        if data.get(key) is not None:
-            data[key] = tuple(data[key])
-    data.pop("weights_sha256", None)
-    data.pop("format_version", None)
-    config = BundleConfig(**data)
+    config = BundleConfig.from_dict(case.config, source=f"benchmark case {case.case_id}")
     if case.source == "peer":
         network = build_peer(case.network)
     else:

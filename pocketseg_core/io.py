@@ -307,10 +307,11 @@ def image_from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8, line endings as given) to ``path`` atomically: a temporary file in
-    the same folder, flushed to disk, then ``os.replace``; on failure the previous file, if any,
-    is untouched and no temporary file is left.
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, flushed to
+    disk, then ``os.replace``; on failure the previous file, if any, is untouched and no
+    temporary file is left. The one atomic file write of the package (run files, checkpoints,
+    tables, catalogs).
 
     Raises:
         PocketSegError: the file cannot be written (missing or read-only folder, disk full).
@@ -322,8 +323,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     except OSError as error:
         raise PocketSegError(f"{target}: cannot write ({error.strerror or error}).") from error
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)
@@ -336,3 +337,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8, line endings as given) to ``path`` atomically (:func:`write_bytes_atomic`).
+
+    Raises:
+        PocketSegError: the file cannot be written (missing or read-only folder, disk full).
+    """
+    return write_bytes_atomic(path, text.encode("utf-8"))

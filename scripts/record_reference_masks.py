@@ -66,7 +66,9 @@ CASES: list[tuple[str, str, bool]] = [
 #: returns probabilities (whose hash is recorded too)
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
-    "raw": {"keep_largest_component": False},
+    # recorded as {"keep_largest_component": False}, which switched every clean-up step off before
+    # each step got its own option
+    "raw": {"cut_thin_bridges": False, "keep_largest_component": False, "bundle_fill_holes": False},
     "window": {"window_size_zyx": (64, 64, 64), "overlap": 0.25, "batch_size": 3},
     "tta": {"tta": True},
     "fill_holes": {"fill_holes": True},

@@ -17,6 +17,7 @@ from pocketseg_core.bundles import ModelBundle, load_bundle
 from pocketseg_core.errors import Cancelled, InputImageError, PocketSegError
 from pocketseg_core.inference import (
     InferenceOptions,
+    clean_up,
     gaussian_importance,
     segment_image,
     sliding_window_probabilities,
@@ -193,7 +194,7 @@ def test_phantom_mask_on_the_input_grid_and_accurate(brain_bundle):
     assert result.probabilities.GetPixelID() == sitk.sitkFloat32
     assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
     # The mask is the thresholded, linearly resampled probability (then the largest component).
-    without_lcc = segment_image(image, brain_bundle, InferenceOptions(keep_largest_component=False))
+    without_lcc = segment_image(image, brain_bundle, InferenceOptions.without_clean_up())
     np.testing.assert_array_equal(
         sitk.GetArrayFromImage(without_lcc.mask), (probabilities > 0.5).astype(np.uint8)
     )
@@ -227,7 +228,7 @@ def test_mask_resampled_only_near_the_foreground_equals_the_full_resampling(brai
         image = _oblique(image, [40, 36, 30], (3.0, 3.0, 3.0), 40.0)
     else:
         image = _oblique(image, [150, 130, 60], (1.1, 1.3, 2.3), 0.0)
-    options = InferenceOptions(keep_largest_component=False)
+    options = InferenceOptions.without_clean_up()
     full = segment_image(image, brain_bundle, dataclasses.replace(options, return_probabilities=True))
     bounded = segment_image(image, brain_bundle, options)
     assert_same_grid(bounded.mask, image)
@@ -262,11 +263,44 @@ def test_bundle_bridge_cutting_runs_before_the_largest_component(brain_bundle):
     cut = sitk.GetArrayFromImage(segment_image(leaky, cutting, InferenceOptions()).mask)
     assert not cut[blob].any()
     assert dice(cut, brain) > dice(plain, brain)
-    # --all-components (keep_largest_component=False) switches the whole clean-up off
-    raw = sitk.GetArrayFromImage(
-        segment_image(leaky, cutting, InferenceOptions(keep_largest_component=False)).mask
-    )
+    # each option switches its own step: without the bridge cut the blob stays (attached, so in
+    # the largest component); without the largest component the bridge cut still drops it
+    uncut = segment_image(leaky, cutting, InferenceOptions(cut_thin_bridges=False)).mask
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(uncut), plain)
+    all_components = segment_image(leaky, cutting, InferenceOptions(keep_largest_component=False)).mask
+    assert not sitk.GetArrayFromImage(all_components)[blob].any()
+    raw = sitk.GetArrayFromImage(segment_image(leaky, cutting, InferenceOptions.without_clean_up()).mask)
     assert raw[blob].all()
+
+
+def test_each_clean_up_option_switches_exactly_its_own_step():
+    # a body with an axial hole (a vessel tunnel open at top and bottom: only slice filling
+    # closes it) and a separate small blob
+    array = np.zeros((12, 20, 20), dtype=np.uint8)
+    array[1:11, 3:13, 3:13] = 1
+    array[:, 7:9, 7:9] = 0  # tunnel through the body, top to bottom
+    array[4:7, 15:18, 15:18] = 1  # small separate blob
+    mask = sitk.GetImageFromArray(array)
+    tunnel = np.zeros_like(array, dtype=bool)
+    tunnel[1:11, 7:9, 7:9] = True
+    blob = np.zeros_like(array, dtype=bool)
+    blob[4:7, 15:18, 15:18] = True
+
+    def cleaned(**switches) -> np.ndarray:
+        return sitk.GetArrayFromImage(clean_up(mask, {"fill_holes": "slices"}, InferenceOptions(**switches)))
+
+    default = cleaned()
+    assert default[tunnel].all() and not default[blob].any()
+    all_components = cleaned(keep_largest_component=False)  # hole filling stays on
+    assert all_components[tunnel].all() and all_components[blob].all()
+    unfilled = cleaned(bundle_fill_holes=False)  # the largest component stays on
+    assert not unfilled[tunnel].any() and not unfilled[blob].any()
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(clean_up(mask, {"fill_holes": "slices"}, InferenceOptions.without_clean_up())),
+        array,
+    )
+    # 3D filling cannot close a tunnel open at both ends: the caller's option alone leaves it
+    assert not cleaned(bundle_fill_holes=False, fill_holes=True)[tunnel].any()
 
 
 def test_flipped_and_permuted_copy_gives_the_same_mask_exactly(brain_bundle):

@@ -34,6 +34,7 @@ from typing import Any
 from PocketSegLib.runner import BackgroundRun, ProgressCallback
 from PocketSegLib.scene_context import SlicerContext, default_context
 
+from pocketseg_core.devices import device_name
 from pocketseg_core.errors import PocketSegError
 from PocketSegTrainLib import cases as cases_module
 from PocketSegTrainLib import curves, results, validation
@@ -43,8 +44,6 @@ from PocketSegTrainLib.terminology import label_from_segment
 CASES_FOLDER, RUN_FOLDER = "cases", "run"
 #: SNOMED-CT type code of the learned segment -> the PocketSeg task the model serves
 TASK_BY_CODE = {"12738006": "skullstrip", "10200004": "liver"}
-#: GUI device names -> pocketseg_core device strings
-DEVICES = {"auto": "auto", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}
 
 
 @dataclass
@@ -154,7 +153,7 @@ class PocketSegTrainLogic:
             model_name = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["config"]["name"]
         model_name = model_name or f"{preset}-slicer-{time.strftime('%Y%m%d-%H%M%S')}"
         settings: dict[str, Any] = {"name": model_name, "folds": int(folds)}
-        settings["device"] = DEVICES.get(str(device).strip().lower(), str(device))
+        settings["device"] = device_name(device)
         if epochs is not None:
             settings["epochs"] = int(epochs)
         if network:

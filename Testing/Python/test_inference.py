@@ -17,10 +17,13 @@ from pocketseg_core.bundles import ModelBundle, load_bundle
 from pocketseg_core.errors import Cancelled, InputImageError, PocketSegError
 from pocketseg_core.inference import (
     InferenceOptions,
+    Predictor,
     clean_up,
     gaussian_importance,
     segment_image,
+    sliding_window_inference,
     sliding_window_probabilities,
+    window_grid,
     window_starts,
 )
 from pocketseg_core.io import read_image
@@ -158,6 +161,19 @@ def test_out_of_memory_at_batch_one_moves_on_to_the_fallback_device(volume):
         sliding_window_probabilities(
             volume, OutOfMemoryUntilMoved(), (8, 12, 8), "patch3d", 2, batch_size=1, fallback_device=None
         )
+
+
+def test_window_loop_blends_any_predictor(volume):
+    # The generic loop knows no network: a predictor returning two channels of the window
+    # itself must give back the volume (blending weights sum out), padding included.
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([windows, 2.0 * windows], dim=1)
+
+    outputs, device = sliding_window_inference(volume, (8, 32, 8), predictor, overlap=0.25, batch_size=3)
+    assert device.type == "cpu" and outputs.shape == (2, *volume.shape)
+    torch.testing.assert_close(outputs[0], torch.from_numpy(volume), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs[1], 2.0 * torch.from_numpy(volume), atol=1e-5, rtol=1e-5)
+    assert len(window_grid(volume.shape, (8, 32, 8), 0.25)) == 2 * 1 * 4  # z: 13 -> 2 windows, y: one, x: 22 -> 4
 
 
 @pytest.fixture(scope="module")
@@ -405,3 +421,22 @@ def test_real_ct_dicom_mask_has_the_input_geometry(shared_data, liver_bundle):
     result = segment_image(image, liver_bundle)
     assert_same_grid(result.mask, image)
     assert result.messages == []  # a CT given to a CT model: no modality warning
+
+
+def test_predictor_keeps_its_network_and_gives_segment_image_masks(brain_bundle, tmp_path):
+    image, _ = make_phantom("MR", size=(40, 44, 36), spacing=(4.0, 4.0, 4.0), seed=5)
+    predictor = Predictor(brain_bundle, InferenceOptions(device="cpu"))
+    assert predictor.network is None
+    first = predictor.segment(image)
+    network = predictor.network
+    assert network is not None
+    path = tmp_path / "head.nii.gz"
+    sitk.WriteImage(image, str(path))
+    second = predictor(path)  # a file is read first
+    assert predictor.network is network  # built once, kept
+    expected = sitk.GetArrayFromImage(segment_image(image, brain_bundle, InferenceOptions(device="cpu")).mask)
+    assert np.count_nonzero(expected) > 1000
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(first.mask), expected)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(second.mask), expected)
+    raw = predictor.segment(image, InferenceOptions.without_clean_up(device="cpu"))
+    assert predictor.network is network and np.count_nonzero(sitk.GetArrayFromImage(raw.mask)) > 1000

@@ -154,13 +154,21 @@ class OutOfMemoryFallback:
             self.batch_size //= 2
             self.messages.append(f"GPU out of memory: retrying with {self.batch_size} window(s) per batch")
             return True
-        if self.fallback_device is not None:
-            self.messages.append(
-                "GPU out of memory even with one window per batch: continuing on the "
-                f"{self.fallback_device.type.upper()} (slower, same result)"
-            )
-            self.device, self.fallback_device = self.fallback_device, None
-            for callback in self.on_move:
-                callback(self.device)
-            return True
-        return False
+        return self.move_to_fallback("even with one window per batch")
+
+    def move_to_fallback(self, why: str = "") -> bool:
+        """Move to the fallback device (telling ``on_move``); False when there is none."""
+        import torch
+
+        if self.fallback_device is None:
+            return False
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.messages.append(
+            f"GPU out of memory{' ' + why if why else ''}: continuing on the "
+            f"{self.fallback_device.type.upper()} (slower, same result)"
+        )
+        self.device, self.fallback_device = self.fallback_device, None
+        for callback in self.on_move:
+            callback(self.device)
+        return True

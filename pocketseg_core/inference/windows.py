@@ -129,12 +129,22 @@ def sliding_window_inference(
     padded_shape = tuple(volume.shape)
     starts = window_grid(padded_shape, window, overlap)
 
-    pinned = state.device.type == "cuda"
-    source = volume.pin_memory() if pinned else volume
-    volume_on = source.to(state.device, non_blocking=pinned)
-    gaussian = gaussian_importance(window).to(state.device)
+    def place(target: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pinned = target.type == "cuda"
+        source = volume.pin_memory() if pinned else volume
+        return (
+            source.to(target, non_blocking=pinned),
+            gaussian_importance(window).to(target),
+            torch.zeros(padded_shape, dtype=torch.float32, device=target),
+        )
+
+    try:
+        volume_on, gaussian, weights = place(state.device)
+    except torch.OutOfMemoryError:  # not even the volume fits: no batch size can help
+        if not state.move_to_fallback("for the volume itself"):
+            raise PocketSegError("out of GPU memory for the volume itself; use the CPU, or --fast") from None
+        volume_on, gaussian, weights = place(state.device)
     summed: torch.Tensor | None = None  # (K, *padded_shape), allocated when K is known
-    weights = torch.zeros(padded_shape, dtype=torch.float32, device=state.device)
     done = 0
     with torch.inference_mode():
         while done < len(starts):

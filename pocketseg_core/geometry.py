@@ -21,9 +21,15 @@ from pocketseg_core.errors import GridMismatchError
 #: so arrays are (z, y, x) = (inferior->superior, anterior->posterior, right->left).
 CANONICAL_ORIENTATION = "LPS"
 
-#: default tolerance of :func:`same_grid`, in voxels for origin/spacing, absolute for directions;
-#: loose enough for float32 header round trips (NIfTI), far below anything visible.
+#: THE tolerance of "same grid" (here, in the Slicer modules, everywhere): in voxels for origin
+#: and spacing, absolute for direction cosines; loose enough for float32 header round trips
+#: (NIfTI), far below anything visible.
 GRID_TOLERANCE = 1e-3
+
+
+def grid_tolerance_mm(spacing: Sequence[float], tol: float = GRID_TOLERANCE) -> float:
+    """:data:`GRID_TOLERANCE` in millimetres for a grid of ``spacing``: ``tol`` of its smallest voxel."""
+    return tol * min(float(s) for s in spacing)
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = GRID_TOLERANCE) -> bool:
@@ -42,10 +48,10 @@ def grid_differences(a: sitk.Image, b: sitk.Image, tol: float = GRID_TOLERANCE) 
         return [f"dimension {a.GetDimension()}D vs {b.GetDimension()}D"]
     if a.GetSize() != b.GetSize():
         differences.append(f"size {_fmt(a.GetSize())} vs {_fmt(b.GetSize())}")
-    voxel = min(a.GetSpacing())
-    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=tol * voxel):
+    tolerance_mm = grid_tolerance_mm(a.GetSpacing(), tol)
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=tolerance_mm):
         differences.append(f"spacing {_fmt(a.GetSpacing())} vs {_fmt(b.GetSpacing())} mm")
-    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=tol * voxel):
+    if not np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=tolerance_mm):
         differences.append(f"origin {_fmt(a.GetOrigin())} vs {_fmt(b.GetOrigin())} mm")
     if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=tol):
         differences.append(f"direction {_fmt(a.GetDirection())} vs {_fmt(b.GetDirection())}")
@@ -132,16 +138,14 @@ def _axis_permutation(image: sitk.Image, reference: sitk.Image) -> tuple[list[in
         flips[j] = dots[i, j] < 0
         if image.GetSize()[j] != reference.GetSize()[i]:
             problem = True
-        if abs(image.GetSpacing()[j] - reference.GetSpacing()[i]) > GRID_TOLERANCE * min(
-            reference.GetSpacing()
-        ):
+        if abs(image.GetSpacing()[j] - reference.GetSpacing()[i]) > grid_tolerance_mm(reference.GetSpacing()):
             problem = True
     if not problem:
         # The first reference voxel must be the (possibly flipped) corner of the image grid.
         corner = [image.GetSize()[j] - 1 if flips[j] else 0 for j in range(dim)]
         point = np.asarray(image.TransformIndexToPhysicalPoint(corner))
         problem = not np.allclose(
-            point, reference.GetOrigin(), rtol=0, atol=GRID_TOLERANCE * min(reference.GetSpacing())
+            point, reference.GetOrigin(), rtol=0, atol=grid_tolerance_mm(reference.GetSpacing())
         )
     if problem:
         raise GridMismatchError(

@@ -63,7 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--all-components",
         action="store_true",
-        help="keep every connected component (default: the largest, after the model's bridge cutting if any)",
+        help="keep every connected component (default: the largest, after the model's bridge cutting if any; "
+        "the model's hole filling runs either way)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.set_defaults(command="predict")
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         overlap=args.overlap,
         batch_size=args.batch_size,
+        cut_thin_bridges=not args.all_components,
         keep_largest_component=not args.all_components,
         fill_holes=args.fill_holes,
         return_probabilities=any(job.probabilities for job in jobs),

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from pocketseg_core.networks import NetworkSummary, all_summaries
+if TYPE_CHECKING:  # the network zoo imports torch: only ``pocketseg models`` itself needs it
+    from pocketseg_core.networks import NetworkSummary
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -84,6 +86,8 @@ def format_table(summaries: list[NetworkSummary]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pocketseg_core.networks import all_summaries
+
     summaries = all_summaries()
     if args.json:
         print(json.dumps({"networks": [s.to_dict() for s in summaries]}, indent=2))

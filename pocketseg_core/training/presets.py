@@ -18,12 +18,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from pocketseg_core.anatomy import structure_for_task
 from pocketseg_core.errors import PocketSegError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -189,6 +190,8 @@ def config_from_preset(name: str, **overrides: Any) -> TrainingConfig:
 
 def create_optimizer(parameters, spec: dict[str, Any]) -> torch.optim.Optimizer:
     """``{"name": "adam"|"adamw"|"sgd", "lr": ..., ...}`` -> optimizer over ``parameters``."""
+    import torch
+
     params = dict(spec)
     name = params.pop("name", "adam")
     classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -200,13 +203,15 @@ def create_optimizer(parameters, spec: dict[str, Any]) -> torch.optim.Optimizer:
         raise PocketSegError(f"optimizer {name!r} does not accept {params}: {error}") from error
 
 
-#: scheduler name -> (class, whether ``step`` takes the validation loss)
-SCHEDULERS: dict[str, tuple[type, bool]] = {
-    "plateau": (torch.optim.lr_scheduler.ReduceLROnPlateau, True),
-    "exponential": (torch.optim.lr_scheduler.ExponentialLR, False),
-    "step": (torch.optim.lr_scheduler.StepLR, False),
-    "cosine": (torch.optim.lr_scheduler.CosineAnnealingLR, False),
-    "constant": (torch.optim.lr_scheduler.ConstantLR, False),
+#: scheduler name -> (class name in ``torch.optim.lr_scheduler``, whether ``step`` takes the
+#: validation loss); names, not classes, so that importing the presets (for ``pocketseg --help``
+#: and the Slicer training module's menus) does not import torch
+SCHEDULERS: dict[str, tuple[str, bool]] = {
+    "plateau": ("ReduceLROnPlateau", True),
+    "exponential": ("ExponentialLR", False),
+    "step": ("StepLR", False),
+    "cosine": ("CosineAnnealingLR", False),
+    "constant": ("ConstantLR", False),
 }
 
 
@@ -218,7 +223,10 @@ class EpochScheduler:
         name = params.pop("name", "constant")
         if name not in SCHEDULERS:
             raise PocketSegError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-        scheduler_class, self.needs_metric = SCHEDULERS[name]
+        import torch
+
+        class_name, self.needs_metric = SCHEDULERS[name]
+        scheduler_class = getattr(torch.optim.lr_scheduler, class_name)
         if name == "constant":
             params = {"factor": 1.0, "total_iters": 0, **params}
         try:

@@ -44,7 +44,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, default=4, help="windows per network call (default 4)")
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap (default 0.5)")
     parser.add_argument("--fast", action="store_true", help="run at the bundles' fast spacing")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory format (default: as inference, on for 3D networks on the CPU)",
+    )
     parser.add_argument(
         "--precision",
         choices=("float16", "bfloat16", "tfloat32", "float32"),

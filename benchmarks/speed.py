@@ -191,7 +191,7 @@ class BenchmarkCase:
     batch_size: int = 4
     overlap: float = 0.5
     fast: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: inference's default (on for 3D windows on the CPU)
     precision: str = "float32"
     compile: bool = False
     max_case_seconds: float = 600.0
@@ -410,7 +410,7 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
     import torch
 
     from pocketseg_core import io
-    from pocketseg_core.devices import memory_format, precision_context, resolve_device
+    from pocketseg_core.devices import memory_format, precision_context, resolve_device, use_channels_last
     from pocketseg_core.inference import InferenceOptions, segment_image
     from pocketseg_core.preprocessing import to_working_grid
 
@@ -473,7 +473,7 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
     batch = max(1, min(case.batch_size, windows))
     spatial = window[1:] if config.window_mode == "slice2d" else window
     inputs = torch.randn(batch, 1, *spatial, device=device)
-    if case.channels_last:
+    if use_channels_last(case.channels_last, device, config.window_mode):
         inputs = inputs.contiguous(memory_format=memory_format(inputs.dim()))
     pass_times = []
     with torch.inference_mode(), precision_context(device, case.precision):
@@ -571,7 +571,7 @@ class BenchmarkSettings:
     batch_size: int = 4
     overlap: float = 0.5
     fast: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: inference's default (on for 3D windows on the CPU)
     precision: str = "float32"
     compile: bool = False
     max_case_seconds: float = 600.0

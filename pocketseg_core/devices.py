@@ -11,8 +11,8 @@ One place for what used to be written in each caller:
   (:data:`CUDA_PRECISIONS`; float32 by default), nothing on the CPU;
 - :func:`amp_context`, :func:`amp_dtype`: mixed precision for training on CUDA (bf16 where
   supported, else fp16), nothing on the CPU;
-- :func:`memory_format`, :func:`prepare_network`, :func:`compiled_network`: the speed options
-  (channels-last layout, ``torch.compile``);
+- :func:`memory_format`, :func:`use_channels_last`, :func:`prepare_network`,
+  :func:`compiled_network`: the speed options (channels-last layout, ``torch.compile``);
 - :class:`OutOfMemoryFallback`: on ``torch.OutOfMemoryError`` halve the batch, and at one item
   per batch move to the fallback device (the CPU), saying so in ``messages``.
 
@@ -135,6 +135,15 @@ def memory_format(dimensions: int) -> torch.memory_format:
     import torch
 
     return torch.channels_last_3d if dimensions == 5 else torch.channels_last
+
+
+def use_channels_last(choice: bool | None, device: torch.device, window_mode: str) -> bool:
+    """Whether a run uses the channels-last layout: ``choice`` when given; automatically (None)
+    only for 3D windows on the CPU, where oneDNN's channels-last 3D convolutions took ~15 % less
+    CPU time for the shipped skull strip with bit-identical outputs (2D networks: slower there)."""
+    if choice is not None:
+        return bool(choice)
+    return device.type == "cpu" and window_mode != "slice2d"
 
 
 def prepare_network(network: torch.nn.Module, channels_last: bool, spatial_dims: int) -> torch.nn.Module:

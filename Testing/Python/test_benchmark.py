@@ -143,7 +143,9 @@ def fitted_bundle(tmp_path_factory):
 )
 def test_optimised_path_agrees_with_the_reference(fitted_bundle, speed_options):
     image, label = make_test_phantom("MR", seed=3)
-    reference = segment_image(image, fitted_bundle, InferenceOptions(device="cpu", return_probabilities=True))
+    reference = segment_image(
+        image, fitted_bundle, InferenceOptions(device="cpu", return_probabilities=True, channels_last=False)
+    )
     optimised = segment_image(
         image, fitted_bundle, InferenceOptions(device="cpu", return_probabilities=True, **speed_options)
     )
@@ -181,7 +183,9 @@ def test_an_unknown_cuda_precision_is_refused_before_any_compute(fitted_bundle):
 
     image, _ = make_test_phantom("MR", seed=5)
     calls: list[str] = []
-    with pytest.raises(PocketSegError, match="unknown precision 'int8'; use one of float32, tfloat32, float16, bfloat16"):
+    with pytest.raises(
+        PocketSegError, match="unknown precision 'int8'; use one of float32, tfloat32, float16, bfloat16"
+    ):
         segment_image(
             image,
             fitted_bundle,

@@ -18,6 +18,7 @@ from pocketseg_core.devices import (
     amp_dtype,
     device_name,
     resolve_device,
+    use_channels_last,
 )
 from pocketseg_core.errors import PocketSegError
 
@@ -94,3 +95,18 @@ def test_out_of_memory_fallback_halves_then_moves_then_gives_up():
         "GPU out of memory: retrying with 1 window(s) per batch",
         "GPU out of memory even with one window per batch: continuing on the META (slower, same result)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("choice", "device", "window_mode", "expected"),
+    [
+        (None, "cpu", "patch3d", True),  # automatic: 3D windows on the CPU (oneDNN, same outputs)
+        (None, "cpu", "slab", True),
+        (None, "cpu", "slice2d", False),  # 2D networks: slower in channels-last here
+        (None, "cuda", "patch3d", False),  # no gain on the GPU
+        (False, "cpu", "patch3d", False),  # an explicit choice always wins
+        (True, "cuda", "slice2d", True),
+    ],
+)
+def test_channels_last_automatic_only_for_3d_windows_on_the_cpu(choice, device, window_mode, expected):
+    assert use_channels_last(choice, torch.device(device), window_mode) is expected

@@ -29,7 +29,7 @@ import torch
 
 from pocketseg_core import io
 from pocketseg_core.bundles import BundleConfig, ModelBundle
-from pocketseg_core.devices import check_precision, resolve_device
+from pocketseg_core.devices import check_precision, resolve_device, use_channels_last
 from pocketseg_core.errors import Cancelled, InputImageError
 from pocketseg_core.inference.network import predict_probabilities
 from pocketseg_core.inference.options import InferenceOptions, ProgressCallback, SegmentationResult
@@ -141,7 +141,7 @@ def segment_image(
         overlap=options.overlap,
         batch_size=options.batch_size,
         precision=options.precision if options.amp else "float32",
-        channels_last=options.channels_last,
+        channels_last=use_channels_last(options.channels_last, device, config.window_mode),
         compile=options.compile,
         messages=messages,
         progress=lambda fraction, message: report(

@@ -22,6 +22,7 @@ from benchmarks.speed import (
     run_benchmark,
 )
 from pocketseg_core.bundles import load_bundle
+from pocketseg_core.devices import cpu_has_bfloat16
 from pocketseg_core.inference import InferenceOptions, segment_image
 
 torch.set_num_threads(1)
@@ -160,6 +161,21 @@ def test_optimised_path_agrees_with_the_reference(fitted_bundle, speed_options):
     assert not any("compile failed" in m for m in optimised.messages)
 
 
+@pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_cpu_bfloat16_option_runs_in_bfloat16_and_agrees(fitted_bundle):
+    image, label = make_test_phantom("MR", seed=3)
+    options = {"device": "cpu", "return_probabilities": True}
+    reference = segment_image(image, fitted_bundle, InferenceOptions(**options))
+    bfloat16 = segment_image(image, fitted_bundle, InferenceOptions(precision="bfloat16", **options))
+    reference_mask = sitk.GetArrayFromImage(reference.mask)
+    assert dice(sitk.GetArrayFromImage(bfloat16.mask), reference_mask) >= 0.99
+    difference = np.abs(
+        sitk.GetArrayFromImage(bfloat16.probabilities) - sitk.GetArrayFromImage(reference.probabilities)
+    )
+    assert 1e-4 < difference.max() < 0.2  # it did run in bfloat16 (7-bit mantissa), and stayed close
+    assert bfloat16.messages == []
+
+
 def test_window_override_runs_one_window_and_agrees(fitted_bundle):
     image, _ = make_test_phantom("MR", seed=4)
     seen: dict[str, list[str]] = {"reference": [], "whole": []}
@@ -195,9 +211,21 @@ def test_an_unknown_cuda_precision_is_refused_before_any_compute(fitted_bundle):
     assert calls == []  # refused before the first stage reported anything
 
 
-@pytest.mark.parametrize("precision", ["float32", "tfloat32", "float16", "bfloat16"])
+@pytest.mark.parametrize(
+    "precision",
+    [
+        "float32",
+        "tfloat32",
+        "float16",
+        pytest.param(
+            "bfloat16",
+            marks=pytest.mark.skipif(cpu_has_bfloat16(), reason="native bfloat16 here: it runs (test above)"),
+        ),
+    ],
+)
 def test_every_cuda_precision_runs_the_cpu_path_unchanged(fitted_bundle, precision):
-    # on the CPU the precision is ignored: the same probabilities as the default
+    # on the CPU CUDA's precisions are ignored (bfloat16 too where the CPU lacks it): the same
+    # probabilities as the default
     image, _ = make_test_phantom("MR", seed=6)
     reference = segment_image(image, fitted_bundle, InferenceOptions(device="cpu", return_probabilities=True))
     other = segment_image(

@@ -16,6 +16,8 @@ from pocketseg_core.devices import (
     OutOfMemoryFallback,
     amp_context,
     amp_dtype,
+    cpu_has_bfloat16,
+    cpu_precision,
     device_name,
     resolve_device,
     use_channels_last,
@@ -110,3 +112,17 @@ def test_out_of_memory_fallback_halves_then_moves_then_gives_up():
 )
 def test_channels_last_automatic_only_for_3d_windows_on_the_cpu(choice, device, window_mode, expected):
     assert use_channels_last(choice, torch.device(device), window_mode) is expected
+
+
+def test_cpu_precision_is_bfloat16_only_where_native(monkeypatch):
+    native = cpu_has_bfloat16()
+    assert cpu_precision("bfloat16") == ("bfloat16" if native else "float32")
+    for precision in ("float32", "float16", "tfloat32"):  # CUDA's options mean float32 on a CPU
+        assert cpu_precision(precision) == "float32"
+    with pytest.raises(PocketSegError, match="unknown precision 'half'"):
+        cpu_precision("half")
+    # a CPU without it: float32, and the run says why
+    monkeypatch.setattr("pocketseg_core.devices.cpu_has_bfloat16", lambda: False)
+    messages: list[str] = []
+    assert cpu_precision("bfloat16", messages) == "float32"
+    assert messages == ["this CPU has no native bfloat16 (AVX512-BF16 or AMX); running in float32"]

@@ -29,7 +29,7 @@ import torch
 
 from pocketseg_core import io
 from pocketseg_core.bundles import BundleConfig, ModelBundle
-from pocketseg_core.devices import check_precision, resolve_device, use_channels_last
+from pocketseg_core.devices import check_precision, cpu_precision, resolve_device, use_channels_last
 from pocketseg_core.errors import Cancelled, InputImageError
 from pocketseg_core.inference.network import predict_probabilities
 from pocketseg_core.inference.options import InferenceOptions, ProgressCallback, SegmentationResult
@@ -127,6 +127,9 @@ def segment_image(
     timings["preprocess"] = time.perf_counter() - tick
     report(_PREPROCESS_END, "preprocessed")
 
+    precision = options.precision if options.amp else "float32"
+    if device.type == "cpu":
+        cpu_precision(precision, messages)  # says so when bfloat16 was asked for but is not native
     tick = time.perf_counter()
     if network is None:
         network = bundle.build_network(device)
@@ -140,7 +143,7 @@ def segment_image(
         tta=options.tta,
         overlap=options.overlap,
         batch_size=options.batch_size,
-        precision=options.precision if options.amp else "float32",
+        precision=precision,
         channels_last=use_channels_last(options.channels_last, device, config.window_mode),
         compile=options.compile,
         messages=messages,

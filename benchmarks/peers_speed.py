@@ -143,14 +143,10 @@ def standard_head(source: Path, folder: Path) -> Path:
     return target
 
 
-def pocketseg_command(head: Path, output: Path, task: str) -> list[str]:
-    """``pocketseg predict`` of this checkout on the CPU, quiet."""
-    return [sys.executable, "-m", "pocketseg_core", "predict", "--task", task, "--device", "cpu", "-q"] + [
-        "--input",
-        str(head),
-        "--output",
-        str(output),
-    ]
+def pocketseg_command(head: Path, output: Path, task: str, extra: Sequence[str] = ()) -> list[str]:
+    """``pocketseg predict`` of this checkout on the CPU, quiet, with ``extra`` options."""
+    command = [sys.executable, "-m", "pocketseg_core", "predict", "--task", task, "--device", "cpu", "-q"]
+    return command + ["--input", str(head), "--output", str(output), *extra]
 
 
 def peer_command(
@@ -205,6 +201,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--head", required=True, help="a head image (1 mm T1); any orientation")
     parser.add_argument("--task", default="skullstrip", help="PocketSeg task (default skullstrip)")
+    parser.add_argument(
+        "--pocketseg-options",
+        default="",
+        help='more options of pocketseg predict, as one string (e.g. "--precision bfloat16")',
+    )
     parser.add_argument("--peer", default="deepbet", help="peer tool of peer_driver.py (default deepbet)")
     parser.add_argument("--peers-python", help="python of the peers' virtual environment")
     parser.add_argument(
@@ -230,7 +231,9 @@ def run(args: argparse.Namespace) -> int:
         folder = Path(scratch)
         standard = standard_head(head, folder)
         commands = {
-            "pocketseg": pocketseg_command(standard, folder / "pocketseg_mask.nii.gz", args.task),
+            "pocketseg": pocketseg_command(
+                standard, folder / "pocketseg_mask.nii.gz", args.task, shlex.split(args.pocketseg_options)
+            ),
             args.peer: peer_command(
                 args.peer, standard, folder / f"{args.peer}_mask.nii.gz", args.peers_python, args.peer_command
             ),

@@ -87,6 +87,7 @@ def test_command_line_times_pocketseg_against_a_peer(tmp_path: Path, capsys) -> 
     code = benchmarks_main(
         ["peers-speed", "--head", str(head_path), "--peer", "fake", "--peer-command", fake]
         + ["--rounds", "1", "--warmup", "0", "--threads", "1", "--output", str(tmp_path / "out")]
+        + ["--pocketseg-options", "--overlap 0.25"]
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -99,4 +100,5 @@ def test_command_line_times_pocketseg_against_a_peer(tmp_path: Path, capsys) -> 
         medians["pocketseg"]["wall_s"] / medians["fake"]["wall_s"]
     )
     assert report["commands"]["pocketseg"][1:4] == ["-m", "pocketseg_core", "predict"]
+    assert report["commands"]["pocketseg"][-2:] == ["--overlap", "0.25"]
     assert report["threads"] == 1 and len(report["load_before"]) == 3

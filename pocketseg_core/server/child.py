@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
-from pocketseg_core.errors import Cancelled, PocketSegError
+from pocketseg_core.errors import PocketSegError
 
 #: the smallest time between two progress events with the same message (s)
 PROGRESS_INTERVAL_S = 0.1
@@ -38,8 +38,11 @@ class Events:
         self._last = (0.0, "")
 
     def emit(self, event: str, **fields: Any) -> None:
-        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+            self.stream.flush()
+        except OSError:  # the server is gone (its end of the pipe closed): stop at the next report
+            self.orphaned = True
 
     def progress(self, fraction: float, message: str) -> bool:
         now = time.monotonic()
@@ -47,7 +50,7 @@ class Events:
             self.emit("progress", fraction=round(float(fraction), 4), message=str(message))
             self._last = (now, message)
         # the server died (SIGKILL, crash): stop instead of computing for nobody
-        self.orphaned = os.getppid() != self.parent
+        self.orphaned = self.orphaned or os.getppid() != self.parent
         return not self.orphaned
 
 
@@ -79,14 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         job = json.loads(job_file.read_text(encoding="utf-8"))
         result = run_segment(job, events)
     except PocketSegError as error:
-        if isinstance(error, Cancelled) and events.orphaned:
-            shutil.rmtree(job_file.parent, ignore_errors=True)
         events.emit("error", error=type(error).__name__, message=str(error))
         return 1
     except BaseException as error:  # reported to the server, which keeps the traceback in its log
         print(traceback.format_exc(), file=sys.stderr)
         events.emit("error", error="unexpected", message=f"{type(error).__name__}: {error}")
         return 3
+    finally:
+        if events.orphaned:  # nobody will clean up after us
+            shutil.rmtree(job_file.parent, ignore_errors=True)
     events.emit("result", **result)
     return 0
 

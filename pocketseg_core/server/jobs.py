@@ -171,10 +171,12 @@ class JobQueue:
             if job.state in FINISHED_STATES:
                 del self._jobs[job_id]
                 return job.to_dict()
-            process = job.process
+            process, was_queued = job.process, job.state == QUEUED
             self._finish(job, CANCELLED, "cancelled", "the job was cancelled; nothing was kept", "Cancelled")
         if process is not None:
             kill_process_group(process)
+        if was_queued:  # no worker will see it: its folder goes now
+            shutil.rmtree(job.work_dir, ignore_errors=True)
         return self.describe(job_id)
 
     def shutdown(self) -> None:
@@ -311,8 +313,11 @@ def kill_process_group(process: subprocess.Popen) -> None:
     """Kill a child started with ``start_new_session`` and everything it started, and reap it."""
     if process.poll() is not None:
         return
+    kill_group = getattr(os, "killpg", None)  # POSIX; elsewhere the child alone
     try:
-        os.killpg(process.pid, signal.SIGKILL)
+        if kill_group is None:
+            raise PermissionError
+        kill_group(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         process.kill()
     try:

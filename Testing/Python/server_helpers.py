@@ -17,6 +17,9 @@ from conftest import REPO_ROOT
 
 from pocketseg_core.remote import RemoteClient, ServerUnreachable
 
+#: the tiny fitted bundle, made once per test session for every server test module
+_FITTED: dict[str, Path] = {}
+
 TOKEN = "test-token-0123456789abcdef"
 MODEL = "tiny-skullstrip"
 #: options that make the tiny model slow (many overlapping windows, 8 flips): a job to cancel
@@ -97,3 +100,14 @@ def wait_until(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def fitted_tiny_bundle(tmp_path_factory) -> Path:
+    """A tiny skull-strip bundle fitted on phantoms, made once per session (fitting takes seconds)."""
+    if "skullstrip" not in _FITTED:
+        from tiny_bundles import make_tiny_bundle
+
+        _FITTED["skullstrip"] = make_tiny_bundle(
+            tmp_path_factory.mktemp("bundle") / "brain", "skullstrip", "MR"
+        )
+    return _FITTED["skullstrip"]

@@ -32,10 +32,11 @@ from server_helpers import (  # noqa: E402
     TOKEN,
     Server,
     child_processes,
+    fitted_tiny_bundle,
     job_folders,
     wait_until,
 )
-from tiny_bundles import make_phantom, make_tiny_bundle  # noqa: E402
+from tiny_bundles import make_phantom  # noqa: E402
 
 from pocketseg_core.bundles import load_bundle, register_bundle  # noqa: E402
 from pocketseg_core.errors import Cancelled, InputImageError, PocketSegError  # noqa: E402
@@ -48,7 +49,7 @@ from pocketseg_core.remote import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory) -> Path:
-    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "brain", "skullstrip", "MR")
+    return fitted_tiny_bundle(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -272,10 +273,13 @@ def test_server_extra_missing_gives_install_hint(monkeypatch) -> None:
 
         serve.run(serve.add_parser(__import__("argparse").ArgumentParser().add_subparsers()).parse_args([]))
     assert main(["serve"]) == 1
-    # the package and every other command import without the web packages
+    # the client needs only the standard library; the package and every other command import
+    # without the web packages
     code = (
         "import sys; sys.modules['fastapi'] = sys.modules['uvicorn'] = None\n"
-        "import pocketseg_core.remote, pocketseg_core.server.jobs\n"
+        "import pocketseg_core.remote\n"
+        "assert not {'torch', 'numpy', 'SimpleITK'} & set(sys.modules), 'the client is standard library only'\n"
+        "import pocketseg_core.server.jobs\n"
         "from pocketseg_core.cli import main\n"
         "assert main(['models', '--json']) == 0\n"
     )

@@ -20,8 +20,16 @@ pytest.importorskip("slicer", reason="slicer-core is not installed")
 pytest.importorskip("fastapi", reason="the server extra (pocketseg-core[server]) is not installed")
 
 from conftest import REPO_ROOT  # noqa: E402
-from server_helpers import MODEL, OBLIQUE, TOKEN, Server, child_processes, wait_until  # noqa: E402
-from tiny_bundles import make_phantom, make_tiny_bundle  # noqa: E402
+from server_helpers import (  # noqa: E402
+    MODEL,
+    OBLIQUE,
+    TOKEN,
+    Server,
+    child_processes,
+    fitted_tiny_bundle,
+    wait_until,
+)
+from tiny_bundles import make_phantom  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "PocketSeg"))
 
@@ -43,7 +51,7 @@ from pocketseg_core.remote import ServerAuthError, ServerUnreachable  # noqa: E4
 
 @pytest.fixture(scope="module")
 def bundle_path(tmp_path_factory) -> Path:
-    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "brain", "skullstrip", "MR")
+    return fitted_tiny_bundle(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -136,15 +136,25 @@ def create_app(jobs: JobQueue, token: str | None, max_upload_bytes: int) -> Fast
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_upload_bytes:
             raise HTTPException(413, _too_large(int(declared), max_upload_bytes))
-        extension = format.lower()
-        if extension not in UPLOAD_EXTENSIONS:
-            raise HTTPException(
-                400, f"format '{format}' is not accepted; send one of {', '.join(UPLOAD_EXTENSIONS)}"
-            )
-        parsed = parse_options(options)
-        folder = model_folder(model)
-        if jobs.is_full():
-            raise HTTPException(503, "the server's queue is full; try again in a few minutes")
+        try:
+            extension = format.lower()
+            if extension not in UPLOAD_EXTENSIONS:
+                raise HTTPException(
+                    400, f"format '{format}' is not accepted; send one of {', '.join(UPLOAD_EXTENSIONS)}"
+                )
+            parsed = parse_options(options)
+            folder = model_folder(model)
+            if jobs.is_full():
+                raise HTTPException(503, "the server's queue is full; try again in a few minutes")
+        except HTTPException:
+            # read the upload before answering: a client still sending would otherwise see a
+            # broken connection instead of the reason
+            received = 0
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > max_upload_bytes:
+                    break
+            raise
         job = jobs.new_job(model, folder, extension, parsed)
         try:
             received = 0

@@ -280,8 +280,9 @@ def test_server_extra_missing_gives_install_hint(monkeypatch) -> None:
         "import pocketseg_core.remote\n"
         "assert not {'torch', 'numpy', 'SimpleITK'} & set(sys.modules), 'the client is standard library only'\n"
         "import pocketseg_core.server.jobs\n"
-        "from pocketseg_core.cli import main\n"
-        "assert main(['models', '--json']) == 0\n"
+        "from pocketseg_core.cli import build_parser, main\n"
+        "assert 'serve' in build_parser().format_help()\n"
+        "assert main(['evaluate', '--reference', 'missing.nii.gz', '--prediction', 'missing.nii.gz']) == 1\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],

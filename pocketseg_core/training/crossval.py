@@ -590,7 +590,9 @@ def _finish(
             result = segment_image(image, bundle, options, network=network)
             write_image(result.mask, predictions_dir / f"{case.case_id}.nii.gz")
             _, reference = datasets.load_case(case)
-            metrics = compute_metrics(reference, result.mask, label=int(config.labels[0]["value"]))
+            metrics = compute_metrics(
+                reference, result.mask, label=int(config.labels[0]["value"]), allow_absent=True
+            )
             rows.append({"case": case.case_id, "subject": case.subject, "fold": fold, **metrics})
             done += 1
             progress(

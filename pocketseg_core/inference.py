@@ -211,6 +211,25 @@ def resolve_window(
     return tuple(window)
 
 
+def _check_window_is_large_enough(
+    shape: Sequence[int], window: Sequence[int], divisor: Sequence[int]
+) -> None:
+    """Refuse a volume so small that the network's coarsest level would hold a single voxel
+    (instance normalisation has no statistics there: torch raises deep inside the network).
+
+    Raises:
+        InputImageError: names the working-grid size; the field of view must be larger.
+    """
+    coarsest = [w // d for w, d in zip(window, divisor, strict=True)]
+    if math.prod(coarsest) < 2:
+        size = "x".join(str(s) for s in reversed(tuple(shape)))
+        raise InputImageError(
+            f"the image is too small for this model: {size} voxels (x, y, z) at the model's working "
+            f"spacing, which its {max(divisor)}-fold downsampling reduces to a single voxel; give an "
+            f"image with a larger field of view (a whole head or abdomen)."
+        )
+
+
 def _divisor_zyx(network: torch.nn.Module, window_mode: str) -> tuple[int, int, int]:
     divisor = tuple(int(d) for d in getattr(network, "spatial_divisor", (1, 1, 1)))
     if window_mode == "slice2d":
@@ -338,7 +357,9 @@ def sliding_window_probabilities(
     volume = torch.as_tensor(np.ascontiguousarray(volume) if isinstance(volume, np.ndarray) else volume)
     volume = volume.to(torch.float32)
     shape = tuple(volume.shape)
-    window = resolve_window(shape, window_size_zyx, _divisor_zyx(network, window_mode))
+    divisor = _divisor_zyx(network, window_mode)
+    window = resolve_window(shape, window_size_zyx, divisor)
+    _check_window_is_large_enough(shape, window, divisor)
     # Pad (at the far end) to at least one window per axis, with the background-like minimum.
     padding = [max(0, w - s) for w, s in zip(window, shape, strict=True)]
     if any(padding):

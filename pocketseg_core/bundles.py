@@ -310,6 +310,12 @@ class ModelBundle:
         return f"bundle '{self.config.name}'" + (f" at {self.path}" if self.path else "")
 
 
+def _umask() -> int:
+    from pocketseg_core.io import current_umask
+
+    return current_umask()
+
+
 def check_bundle_name(name: str, what: str = "model name") -> str:
     """Refuse a bundle name that is not one plain path component, so that a catalog folder
     ``<catalog>/<name>`` can never point outside the catalog (``..``, ``/abs``, ``a/b``).
@@ -358,7 +364,8 @@ def save_bundle(folder: str | os.PathLike, config: BundleConfig, state_dict: Map
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    temp.chmod(0o755)  # mkdtemp's 0700 would make a shipped or shared bundle unreadable to others
+    # mkdtemp's 0700 would make a shipped or shared bundle unreadable to others: the umask decides
+    os.chmod(temp, 0o777 & ~_umask())
     try:
         weights = {k: v.detach().cpu().clone() if hasattr(v, "detach") else v for k, v in state_dict.items()}
         torch.save(weights, temp / WEIGHTS_FILE)
@@ -558,6 +565,7 @@ def register_bundle(path: str | os.PathLike, name: str | None = None) -> Path:
     if target.resolve() == source.resolve():
         return target
     temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(temp, 0o777 & ~_umask())
     try:
         shutil.copy2(source / CONFIG_FILE, temp / CONFIG_FILE)
         shutil.copy2(source / WEIGHTS_FILE, temp / WEIGHTS_FILE)

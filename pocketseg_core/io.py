@@ -21,6 +21,7 @@ Checks happen where the problem can be named best:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import os
@@ -425,6 +426,28 @@ def _first_line(error: BaseException) -> str:
 # --------------------------------------------------------------------------- writing
 
 
+def current_umask() -> int:
+    """The process's umask (new files get ``0o666 & ~umask``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS, Windows): read it by setting it back at once
+    os.umask(mask)
+    return mask
+
+
+def give_default_permissions(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give a file made by ``tempfile`` (always 0600, folders 0700) the permissions an ordinary
+    ``open()`` or ``mkdir()`` would: ``0o666`` (folders ``0o777``) less the user's umask, so
+    a file replaced atomically keeps the access others had to the one it replaces."""
+    with contextlib.suppress(OSError, NotImplementedError):
+        os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write ``image`` to ``path`` atomically: a reader sees the old file or the new one, never half.
 
@@ -528,6 +551,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as error:
         raise PocketSegError(f"{target}: cannot write ({error.strerror or error}).") from error
+    give_default_permissions(temporary)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
             stream.write(text)

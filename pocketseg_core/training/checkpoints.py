@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pocketseg_core.errors import PocketSegError
+from pocketseg_core.io import give_default_permissions
 
 
 class CheckpointWriteError(PocketSegError):
@@ -26,6 +27,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    give_default_permissions(temporary)  # mkstemp makes 0600; the user's umask decides instead
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)

@@ -397,7 +397,12 @@ def read_config(folder: str | os.PathLike) -> BundleConfig:
         raise BundleError(
             f"{config_path} is not valid JSON ({error}); restore or re-export the bundle"
         ) from None
-    return BundleConfig.from_dict(data, source=str(config_path))
+    try:
+        return BundleConfig.from_dict(data, source=str(config_path))
+    except BundleError as error:
+        if str(config_path) in str(error):
+            raise
+        raise BundleError(f"{config_path}: {error}") from None
 
 
 def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
@@ -433,8 +438,6 @@ def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
 
 def _load_verified(stream, weights_path: Path, actual: str, folder: Path, config: BundleConfig) -> dict:
     """The state dict in ``stream`` once ``actual`` (its sha256) matches the catalog and config."""
-    import torch
-
     shipped = _shipped_entry_at(folder)
     if shipped is not None and shipped.weights_sha256 and actual != shipped.weights_sha256:
         raise BundleError(
@@ -447,6 +450,8 @@ def _load_verified(stream, weights_path: Path, actual: str, folder: Path, config
             f"{config.weights_sha256[:12]}...): the file is corrupt, truncated or was replaced; "
             "re-install or re-train the model"
         )
+    import torch  # only now: a refused file never costs the torch import
+
     stream.seek(0)
     try:
         state_dict = torch.load(stream, weights_only=True, map_location="cpu")

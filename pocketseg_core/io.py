@@ -553,7 +553,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         raise PocketSegError(f"{target}: cannot write ({error.strerror or error}).") from error
     give_default_permissions(temporary)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+        with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape", newline="") as stream:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())

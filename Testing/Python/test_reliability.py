@@ -222,6 +222,14 @@ def test_an_absurd_spacing_is_refused(bundle, tmp_path, capsys, spacing) -> None
     refused(capsys, predict(bundle, source, tmp_path / "mask.nii.gz"), "voxel spacing", "outside")
 
 
+def test_a_working_grid_too_large_to_hold_is_refused_before_resampling(bundle) -> None:
+    """10 voxels of 900 mm (a plausible-looking header in the wrong unit): 9 m across, which at
+    the model's 4 mm would be 1.1e10 voxels."""
+    image, _ = make_phantom("MR", size=(10, 10, 10), spacing=(900.0, 900.0, 900.0))
+    with pytest.raises(InputImageError, match=r"covers 9000x9000x9000 mm: .* more than PocketSeg handles"):
+        segment_image(image, load_bundle(bundle), InferenceOptions(device="cpu"))
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [

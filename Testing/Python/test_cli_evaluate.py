@@ -124,6 +124,25 @@ def test_one_empty_mask_prints_a_warning_and_the_documented_values(tmp_path: Pat
     assert "warning: label 1 is absent from the prediction" in capsys.readouterr().err
 
 
+def test_csv_output_on_an_input_is_refused_and_the_input_kept(tmp_path: Path, capsys) -> None:
+    reference = write_mask(tmp_path / "ref.nii.gz", cube_array())
+    before = reference.read_bytes()
+    code = main(
+        [
+            "evaluate",
+            "--reference",
+            str(reference),
+            "--prediction",
+            str(reference),
+            "--output",
+            str(reference),
+        ]
+    )
+    assert code == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert reference.read_bytes() == before
+
+
 def test_missing_file_is_an_error_not_a_traceback(tmp_path: Path, capsys) -> None:
     reference = write_mask(tmp_path / "ref.nii.gz", cube_array())
     code = main(["evaluate", "--reference", str(reference), "--prediction", str(tmp_path / "nope.nii.gz")])

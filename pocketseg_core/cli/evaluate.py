@@ -13,6 +13,7 @@ import csv
 import io as text_io
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -46,6 +47,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        for source in (args.reference, args.prediction):
+            if source.exists() and args.output.exists() and os.path.samefile(args.output, source):
+                raise PocketSegError(
+                    f"--output {args.output} would overwrite the input {source}; choose another file for the table"
+                )
     if _is_batch(args.reference) or _is_batch(args.prediction):
         return _run_batch(args)
     metrics = _metrics_printing_warnings(

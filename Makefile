@@ -23,8 +23,8 @@ test: setup
 
 # Speed and memory side by side with the peers (MONAI is a benchmark-only extra); see docs/speed.md
 benchmark: setup
-	$(PYTHON) -m pip install --quiet monai==1.6.1
-	$(VENV)/bin/pocketseg benchmark --device auto --output benchmarks/results
+	$(PYTHON) -m pip install --quiet -r benchmarks/requirements.txt
+	$(PYTHON) -m benchmarks speed --device auto --output benchmarks/results
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -231,7 +231,7 @@ class PocketSegTrainTest(ScriptedLoadableModuleTest):
             from PocketSegLib.scene_context import SlicerContext
 
             segmentation = write_mask_to_segmentation(SlicerContext.from_slicer(), volume, mask, BRAIN)
-            cases.append(TrainingCase(volume, segmentation, "Brain"))
+            cases.append(TrainingCase(volume, segmentation, BRAIN.name))
         logic = PocketSegTrainLogic()
         with self.assertRaises(DatasetError):
             logic.prepare(cases[:1], "pocketnet-nfbs", tempfile.mkdtemp(), folds=2)

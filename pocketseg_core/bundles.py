@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pocketseg_core.errors import BundleError
+from pocketseg_core.anatomy import structure_for_task
+from pocketseg_core.errors import BundleError, PocketSegError
 
 BUNDLE_FORMAT_VERSION = 1
 CONFIG_FILE = "bundle.json"
@@ -48,20 +49,6 @@ WINDOW_MODES = ("patch3d", "slab", "slice2d")
 PREPROCESSING_KINDS = ("mr_zscore", "ct_window")
 POSTPROCESSING_KEYS = frozenset({"cut_bridges_mm", "fill_holes"})
 FILL_HOLES_MODES = ("3d", "slices")
-
-#: SNOMED-CT codes used for the labels of the shipped tasks (DICOM terminology triplets).
-SNOMED_ANATOMICAL_STRUCTURE = {
-    "CodingSchemeDesignator": "SCT",
-    "CodeValue": "123037004",
-    "CodeMeaning": "Anatomical Structure",
-}
-SNOMED_BRAIN = {"CodingSchemeDesignator": "SCT", "CodeValue": "12738006", "CodeMeaning": "Brain"}
-SNOMED_LIVER = {"CodingSchemeDesignator": "SCT", "CodeValue": "10200004", "CodeMeaning": "Liver"}
-
-
-def terminology_for(structure: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """A label's terminology entry: category "Anatomical Structure" and the structure's type."""
-    return {"category": dict(SNOMED_ANATOMICAL_STRUCTURE), "type": dict(structure)}
 
 
 @dataclass
@@ -100,16 +87,12 @@ class LabelInfo:
 
 
 def standard_label(task: str) -> LabelInfo:
-    """The label of a shipped task with its Slicer colour and SNOMED-CT terminology.
-
-    Colours are those of Slicer's general anatomy terminology (brain 250/250/225, liver
-    221/130/101, in 0-255).
-    """
-    if task == "skullstrip":
-        return LabelInfo(1, "Brain", (250 / 255, 250 / 255, 225 / 255), terminology_for(SNOMED_BRAIN))
-    if task == "liver":
-        return LabelInfo(1, "Liver", (221 / 255, 130 / 255, 101 / 255), terminology_for(SNOMED_LIVER))
-    raise BundleError(f"unknown task {task!r}; known tasks: skullstrip, liver")
+    """The label of a shipped task: name, colour and SNOMED-CT terminology from the anatomy table."""
+    try:
+        structure = structure_for_task(task)
+    except PocketSegError as error:
+        raise BundleError(str(error)) from None
+    return LabelInfo.from_dict(structure.label(1), f"anatomy table: {task}")
 
 
 @dataclass
@@ -363,26 +346,44 @@ def save_bundle(folder: str | os.PathLike, config: BundleConfig, state_dict: Map
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    # mkdtemp's 0700 would make a shipped or shared bundle unreadable to others: the umask decides
-    os.chmod(temp, 0o777 & ~_umask())
+    temp = _staging_folder(folder)
     try:
         weights = {k: v.detach().cpu().clone() if hasattr(v, "detach") else v for k, v in state_dict.items()}
         torch.save(weights, temp / WEIGHTS_FILE)
         config.weights_sha256 = sha256_of(temp / WEIGHTS_FILE)
         config.validate()
         (temp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-            os.replace(folder, old / "bundle")
-            os.replace(temp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temp, folder)
+        _replace_folder(temp, folder)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return folder
+
+
+def _staging_folder(target: Path) -> Path:
+    """A new hidden folder beside ``target`` (same file system) to assemble a bundle in."""
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    # mkdtemp's 0700 would make a shipped or shared bundle unreadable to others: the umask decides
+    os.chmod(temp, 0o777 & ~_umask())
+    return temp
+
+
+def _replace_folder(staged: Path, target: Path) -> None:
+    """Move the complete folder ``staged`` to ``target``. An existing ``target`` is moved aside
+    first and deleted only once the new one is in place (put back if the move fails), so a
+    reader never finds a half bundle and a failure never loses the old one."""
+    if not target.exists():
+        os.replace(staged, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+    os.replace(target, aside / "bundle")
+    try:
+        os.replace(staged, target)
+    except BaseException:
+        os.replace(aside / "bundle", target)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def read_config(folder: str | os.PathLike) -> BundleConfig:
@@ -569,14 +570,11 @@ def register_bundle(path: str | os.PathLike, name: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.resolve() == source.resolve():
         return target
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    os.chmod(temp, 0o777 & ~_umask())
+    temp = _staging_folder(target)
     try:
         shutil.copy2(source / CONFIG_FILE, temp / CONFIG_FILE)
         shutil.copy2(source / WEIGHTS_FILE, temp / WEIGHTS_FILE)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(temp, target)
+        _replace_folder(temp, target)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

@@ -34,5 +34,9 @@ class DatasetError(PocketSegError):
     """A training dataset is empty, inconsistent, or too small for the requested folds."""
 
 
+class CheckpointWriteError(PocketSegError):
+    """A checkpoint or run file could not be written; the previous version was kept."""
+
+
 class Cancelled(PocketSegError):
     """The user cancelled a run; nothing half-written was left behind."""

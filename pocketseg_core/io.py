@@ -537,10 +537,11 @@ def image_from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8, line endings as given) to ``path`` atomically: a temporary file in
-    the same folder, flushed to disk, then ``os.replace``; on failure the previous file, if any,
-    is untouched and no temporary file is left.
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file in the same folder, flushed to
+    disk, then ``os.replace``; on failure the previous file, if any, is untouched and no
+    temporary file is left. The one atomic file write of the package (run files, checkpoints,
+    tables, catalogs).
 
     Raises:
         PocketSegError: the file cannot be written (missing or read-only folder, disk full).
@@ -553,8 +554,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         raise PocketSegError(f"{target}: cannot write ({error.strerror or error}).") from error
     give_default_permissions(temporary)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape", newline="") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)
@@ -567,3 +568,14 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return target
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8, line endings as given) to ``path`` atomically (:func:`write_bytes_atomic`).
+
+    Raises:
+        PocketSegError: the file cannot be written (missing or read-only folder, disk full).
+    """
+    # surrogateescape: a file name kept as undecodable bytes under an ASCII locale is written
+    # back as those (UTF-8) bytes instead of failing
+    return write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))

@@ -46,6 +46,7 @@ import SimpleITK as sitk
 
 from pocketseg_core.errors import GridMismatchError, InputImageError
 from pocketseg_core.geometry import describe_grid_difference, physical_diagonal, resample_to_reference
+from pocketseg_core.postprocessing import nonzero_extent
 
 #: the metrics, in the order tables and JSON use
 METRIC_NAMES: tuple[str, ...] = ("dice", "hd_max", "hd_mean", "hd95", "voe", "rvd", "assd", "mssd")
@@ -59,6 +60,28 @@ RVD_EMPTY_REFERENCE = 1.0
 
 class EmptyMaskWarning(UserWarning):
     """Exactly one of the two masks is empty: the distances are the field-of-view diagonal."""
+
+
+def dice(reference: np.ndarray | sitk.Image, prediction: np.ndarray | sitk.Image) -> float:
+    """Dice 2|A∩B| / (|A|+|B|) of two masks on one grid (non-zero = inside); 1.0 when both are empty.
+
+    The one Dice of the package (metric tables, validation during training, scripts).
+
+    Args:
+        reference, prediction: arrays of one shape, or SimpleITK images of one size.
+    """
+    a = (
+        sitk.GetArrayViewFromImage(reference) if isinstance(reference, sitk.Image) else np.asarray(reference)
+    ) != 0
+    b = (
+        sitk.GetArrayViewFromImage(prediction)
+        if isinstance(prediction, sitk.Image)
+        else np.asarray(prediction)
+    ) != 0
+    if a.shape != b.shape:
+        raise GridMismatchError(f"Dice needs two masks of one shape, got {a.shape} and {b.shape}")
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
 
 
 def compute_metrics(
@@ -152,7 +175,7 @@ def metrics_from_masks(
     overlap = int(np.count_nonzero(reference_mask & prediction_mask))
     union = reference_count + prediction_count - overlap
     values = {
-        "dice": 2.0 * overlap / (reference_count + prediction_count),
+        "dice": dice(reference_mask, prediction_mask),
         "voe": 1.0 - overlap / union,
         "rvd": (prediction_count - reference_count) / reference_count,
     }
@@ -188,12 +211,8 @@ def _cropped_images(
     voxel involved lies in the box); the background frame makes voxels on the image border
     count as surface. Direction and origin do not change distances, so they are left out.
     """
-    union = reference_mask | prediction_mask
-    box = []
-    for axis in range(union.ndim):
-        occupied = np.flatnonzero(np.any(union, axis=tuple(a for a in range(union.ndim) if a != axis)))
-        box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
-    box = tuple(box)
+    extent = nonzero_extent(reference_mask | prediction_mask)  # not None: callers pass a non-empty mask
+    box = tuple(slice(low, high + 1) for low, high in extent)
     images = []
     for mask in (reference_mask, prediction_mask):
         framed = np.pad(mask[box].astype(np.uint8), 1, mode="constant", constant_values=0)

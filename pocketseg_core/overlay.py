@@ -6,12 +6,14 @@ only here, when a picture is asked for.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from pocketseg_core.errors import PocketSegError
+from pocketseg_core.io import write_bytes_atomic
 
 
 def _import_pyplot():
@@ -87,8 +89,7 @@ def save_overlay_png(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=90)
+    picture = io.BytesIO()
+    figure.savefig(picture, format="png", dpi=90)
     plt.close(figure)
-    temporary.replace(path)
-    return path
+    return write_bytes_atomic(path, picture.getvalue())

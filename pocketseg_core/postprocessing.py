@@ -21,16 +21,18 @@ def _labels_of(mask: sitk.Image) -> list[int]:
 
 
 def nonzero_extent(array: np.ndarray) -> list[tuple[int, int]] | None:
-    """First and last index of the non-zero entries of a 3D ``array`` along each of its axes
-    (numpy order), or None when it is all zero."""
-    # projections, the last on the (z, y) box only: ~15x faster than LabelShapeStatistics
-    zy = array.any(axis=2)
-    z = np.flatnonzero(zy.any(axis=1))
-    if z.size == 0:
+    """First and last index of the non-zero entries of ``array`` (any number of axes) along each
+    of its axes (numpy order), or None when it is all zero."""
+    # projections, each later one on the box found so far: ~15x faster than LabelShapeStatistics
+    if array.ndim == 1:
+        hits = np.flatnonzero(array)
+        return [(int(hits[0]), int(hits[-1]))] if hits.size else None
+    leading = nonzero_extent(array.any(axis=-1))
+    if leading is None:
         return None
-    y = np.flatnonzero(zy.any(axis=0))
-    x = np.flatnonzero(array[z[0] : z[-1] + 1, y[0] : y[-1] + 1].any(axis=(0, 1)))
-    return [(int(hits[0]), int(hits[-1])) for hits in (z, y, x)]
+    box = tuple(slice(low, high + 1) for low, high in leading)
+    last = np.flatnonzero(array[box].any(axis=tuple(range(array.ndim - 1))))
+    return [*leading, (int(last[0]), int(last[-1]))]
 
 
 def array_box(start: Sequence[int], size: Sequence[int]) -> tuple[slice, ...]:

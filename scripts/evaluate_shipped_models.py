@@ -22,8 +22,8 @@ interrupted run keeps what it measured) and are printed as Markdown tables for t
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,8 @@ import train_shipped_models as recipes  # noqa: E402  (the data lists and loader
 from pocketseg_core.bundles import ModelBundle, load_bundle, sha256_of  # noqa: E402
 from pocketseg_core.geometry import resample_to_spacing  # noqa: E402
 from pocketseg_core.inference import InferenceOptions, segment_image  # noqa: E402
-from pocketseg_core.io import write_text_atomic  # noqa: E402
-from pocketseg_core.metrics import METRIC_NAMES, compute_metrics  # noqa: E402
+from pocketseg_core.io import write_bytes_atomic, write_text_atomic  # noqa: E402
+from pocketseg_core.metrics import METRIC_NAMES, compute_metrics, dice  # noqa: E402
 from pocketseg_core.overlay import save_overlay_png  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,18 +58,11 @@ def small_png(path: Path, colors: int = 128) -> int:
     """Re-save a PNG with a palette (keeps the pictures ~100 kB); returns the size in bytes."""
     from PIL import Image
 
-    temporary = path.with_name(f".{path.stem}.small.png")
+    small = io.BytesIO()
     with Image.open(path) as picture:
-        picture.convert("RGB").quantize(colors=colors).save(temporary, optimize=True)
-    os.replace(temporary, path)
+        picture.convert("RGB").quantize(colors=colors).save(small, format="png", optimize=True)
+    write_bytes_atomic(path, small.getvalue())
     return path.stat().st_size
-
-
-def dice(reference: sitk.Image, prediction: sitk.Image) -> float:
-    a = sitk.GetArrayViewFromImage(reference) > 0
-    b = sitk.GetArrayViewFromImage(prediction) > 0
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def same_weights(bundle, shipped_dir: Path) -> bool:

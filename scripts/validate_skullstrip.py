@@ -30,11 +30,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_shipped_models as recipes  # noqa: E402  (the data lists and the head generator)
-from evaluate_shipped_models import dice  # noqa: E402  (the heads are made on their label's grid)
 
 from pocketseg_core.bundles import load_bundle  # noqa: E402
 from pocketseg_core.inference import InferenceOptions, segment_image  # noqa: E402
 from pocketseg_core.io import write_text_atomic  # noqa: E402
+from pocketseg_core.metrics import dice  # noqa: E402
 from pocketseg_core.postprocessing import cut_thin_bridges, keep_largest_component  # noqa: E402
 
 #: far from every seed the training runs used (0, 1000, 2000, 4000 and the per-run offsets)

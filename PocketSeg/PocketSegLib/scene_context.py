@@ -4,8 +4,7 @@ Inside the Slicer application they already exist (``slicer.mrmlScene``,
 ``slicer.modules.segmentations.logic()``): :meth:`SlicerContext.from_slicer` picks them up.
 Outside it (pytest on ``slicer-core``, a plain Python process) :func:`create_headless_context`
 builds a scene and registers the logics the way Slicer's application does at start-up; without
-that registration the segmentation conversion rules do not exist and ``AddEmptySegment`` fails
-(see ../shared/notes/slicer-core.md).
+that registration the segmentation conversion rules do not exist and ``AddEmptySegment`` fails.
 """
 
 from __future__ import annotations

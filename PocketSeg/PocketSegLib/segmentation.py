@@ -1,7 +1,8 @@
 """Segmentation nodes holding PocketSeg's results, and segments exported back to voxel arrays.
 
 A result becomes a segmentation node "<volume> brain" (or "liver", ...) with one segment named
-"Brain" / "Liver", Slicer's standard colour for that structure and its SNOMED-CT terminology,
+"Brain" / "Liver", the colour and SNOMED-CT codes of that structure in PocketSeg's anatomy table
+(``pocketseg_core/anatomy.json``) set through Slicer's terminology classes,
 its reference geometry set to the input volume, placed next to the input in the subject
 hierarchy (same patient/study) and shown in the slice views. The segment is a plain binary
 labelmap segment, editable in Segment Editor like any other.
@@ -22,17 +23,43 @@ import slicer
 import vtk
 from vtkmodules.util import numpy_support
 
+from pocketseg_core.anatomy import CodeTriplet, Structure, anatomy_table, code_triplet
 from pocketseg_core.errors import GridMismatchError, PocketSegError
 from PocketSegLib.scene_context import SlicerContext
 from PocketSegLib.volume_io import ijk_to_ras_matrix, image_from_array_on_volume, image_ijk_to_ras
 
-#: Slicer's terminology entry: context~category~type~type modifier~anatomic context~region~region modifier
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
-
 #: Geometry tolerance (mm / direction cosine) for "this mask lies on that volume's grid".
 GRID_TOLERANCE = 1e-4
+
+ANATOMY = anatomy_table()
+#: The category of the anatomy table's structures, also the default of a label without one.
+ANATOMICAL_STRUCTURE: CodeTriplet = ANATOMY.categories["anatomical structure"]
+
+
+def set_code(code_object: Any, code: CodeTriplet) -> None:
+    """Fill a ``vtkSlicerTerminologyCategory`` / ``vtkSlicerTerminologyType`` with a code triplet."""
+    scheme, value, meaning = code
+    code_object.SetCodingSchemeDesignator(scheme)
+    code_object.SetCodeValue(value)
+    code_object.SetCodeMeaning(meaning)
+
+
+def terminology_entry_string(
+    category: CodeTriplet, type_code: CodeTriplet, color: tuple[float, float, float]
+) -> str:
+    """A segment's terminology as Slicer serialises it (for ``vtkSegment.SetTerminology``).
+
+    Built as a ``vtkSlicerTerminologyEntry`` in the anatomy table's terminology context and
+    serialised by the Terminologies module logic, so the string is in the form the running
+    Slicer expects.
+    """
+    entry = slicer.vtkSlicerTerminologyEntry()
+    entry.SetTerminologyContextName(ANATOMY.terminology_context)
+    entry.SetRegionContextName(ANATOMY.region_context)
+    set_code(entry.GetCategoryObject(), category)
+    set_code(entry.GetTypeObject(), type_code)
+    entry.GetTypeObject().SetRecommendedDisplayRGBValue(*(round(255 * c) for c in color))
+    return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(entry)
 
 
 @dataclass(frozen=True)
@@ -41,65 +68,57 @@ class SegmentDescription:
 
     name: str
     color: tuple[float, float, float]
-    type_code: tuple[str, str, str]  # (scheme, value, meaning), e.g. ("SCT", "12738006", "Brain")
-    category_code: tuple[str, str, str] = ANATOMICAL_STRUCTURE
+    type_code: CodeTriplet  # (scheme, value, meaning) of the structure
+    category_code: CodeTriplet = ANATOMICAL_STRUCTURE
 
     @property
     def terminology_entry(self) -> str:
         """The segment's terminology in Slicer's serialised form (``vtkSegment.SetTerminology``)."""
-        category = "^".join(self.category_code)
-        type_ = "^".join(self.type_code)
-        return f"{TERMINOLOGY_CONTEXT}~{category}~{type_}~^^~{ANATOMIC_CONTEXT}~^^~^^"
+        return terminology_entry_string(self.category_code, self.type_code, self.color)
 
     @property
     def node_suffix(self) -> str:
         """What follows the volume's name in the segmentation node's name ("brain", "liver")."""
         return self.name.lower()
 
+    @classmethod
+    def of_structure(cls, structure: Structure) -> SegmentDescription:
+        """The description of a row of the anatomy table."""
+        return cls(structure.segment_name, structure.color, structure.type, structure.category)
 
-#: The structures of the shipped tasks, with the colours of Slicer's General Anatomy list.
-BRAIN = SegmentDescription("Brain", (250 / 255, 250 / 255, 225 / 255), ("SCT", "12738006", "Brain"))
-LIVER = SegmentDescription("Liver", (221 / 255, 130 / 255, 101 / 255), ("SCT", "10200004", "Liver"))
-STANDARD_BY_CODE: dict[str, SegmentDescription] = {"12738006": BRAIN, "10200004": LIVER}
-STANDARD_BY_TASK: dict[str, SegmentDescription] = {"skullstrip": BRAIN, "liver": LIVER}
+
+#: The structures of the shipped tasks, as the anatomy table describes them.
+BRAIN = SegmentDescription.of_structure(ANATOMY.for_task("skullstrip"))
+LIVER = SegmentDescription.of_structure(ANATOMY.for_task("liver"))
 
 
 def describe_label(label: Any | None, task: str | None = None) -> SegmentDescription:
     """The segment description of a bundle label (``pocketseg_core.bundles.LabelInfo``).
 
-    A label coded as brain or liver gets Slicer's standard name and colour whatever the bundle
-    calls it, so every PocketSeg brain looks like every other Slicer brain; any other label
-    keeps the bundle's name, colour and codes. Without a label, the task decides.
+    A label coded as a structure of the anatomy table (brain, liver) gets the table's name and
+    colour whatever the bundle calls it, so every PocketSeg brain looks like every other Slicer
+    brain; any other label keeps the bundle's name, colour and codes. Without a label, the task
+    decides.
     """
     terminology: Mapping[str, Any] = getattr(label, "terminology", None) or {}
     type_entry = terminology.get("type") or {}
-    code = str(type_entry.get("CodeValue", ""))
-    if code in STANDARD_BY_CODE:
-        return STANDARD_BY_CODE[code]
+    scheme, code, _ = code_triplet(type_entry)
+    structure = ANATOMY.for_type_code(code, scheme) if code else None
+    if structure is not None:
+        return SegmentDescription.of_structure(structure)
     if label is None or not getattr(label, "name", ""):
-        if task in STANDARD_BY_TASK:
-            return STANDARD_BY_TASK[task]
+        if task in ANATOMY.structures:
+            return SegmentDescription.of_structure(ANATOMY.structures[task])
         return SegmentDescription("Segment", (1.0, 1.0, 0.0), ("SCT", "", ""))
     name = str(label.name)
-    by_name = {d.name.lower(): d for d in STANDARD_BY_CODE.values()}
-    if not type_entry and name.lower() in by_name:
-        return by_name[name.lower()]
-    category_entry = terminology.get("category") or {}
-
-    def triplet(entry: Mapping[str, Any], default: tuple[str, str, str]) -> tuple[str, str, str]:
-        if not entry:
-            return default
-        return (
-            str(entry.get("CodingSchemeDesignator", "")),
-            str(entry.get("CodeValue", "")),
-            str(entry.get("CodeMeaning", "")),
-        )
-
+    structure = ANATOMY.for_name(name) if not type_entry else None
+    if structure is not None:
+        return SegmentDescription.of_structure(structure)
     return SegmentDescription(
         name=name[:1].upper() + name[1:],
         color=tuple(float(c) for c in label.color),
-        type_code=triplet(type_entry, ("", "", name)),
-        category_code=triplet(category_entry, ANATOMICAL_STRUCTURE),
+        type_code=code_triplet(type_entry, ("", "", name)),
+        category_code=code_triplet(terminology.get("category"), ANATOMICAL_STRUCTURE),
     )
 
 

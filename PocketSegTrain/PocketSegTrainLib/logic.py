@@ -38,11 +38,9 @@ from pocketseg_core.errors import PocketSegError
 from PocketSegTrainLib import cases as cases_module
 from PocketSegTrainLib import curves, results, validation
 from PocketSegTrainLib.cases import CaseData, TrainingCase
-from PocketSegTrainLib.terminology import label_from_segment
+from PocketSegTrainLib.terminology import label_from_segment, task_of_label
 
 CASES_FOLDER, RUN_FOLDER = "cases", "run"
-#: SNOMED-CT type code of the learned segment -> the PocketSeg task the model serves
-TASK_BY_CODE = {"12738006": "skullstrip", "10200004": "liver"}
 #: GUI device names -> pocketseg_core device strings
 DEVICES = {"auto": "auto", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}
 
@@ -173,15 +171,14 @@ class PocketSegTrainLogic:
             cases = list(cases)
             if not cases:
                 raise PocketSegError("no training cases: add at least one case per fold")
-            validation.check_case_count(
+            validation.check_fold_count(
                 len({case.subject or case.case_name for case in cases}), len(cases), int(folds)
             )
             data = cases_module.collect_cases(cases)
             first = data[0].case.segmentation_node.GetSegmentation().GetSegment(data[0].segment_id)
             label = label_from_segment(first)
-            type_code = label.get("terminology", {}).get("type", {}).get("CodeValue", "")
             settings.setdefault("labels", [label])
-            settings.setdefault("task", TASK_BY_CODE.get(type_code))
+            settings.setdefault("task", task_of_label(label))
             settings["dataset"] = str((output_dir / CASES_FOLDER / cases_module.CASES_CSV).resolve())
             config = config_from_preset(preset).replace(**settings)
             warnings = validation.validate_cases(data, config.folds, config.modality)

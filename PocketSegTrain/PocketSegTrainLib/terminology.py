@@ -8,21 +8,34 @@ from __future__ import annotations
 
 from typing import Any
 
+import slicer
 
-def _code(field: str) -> dict[str, str] | None:
-    """``"SCT^12738006^Brain"`` -> a DICOM code triplet dict (``None`` when empty)."""
-    parts = (field.split("^") + ["", "", ""])[:3]
-    if not any(parts):
-        return None
-    return {"CodingSchemeDesignator": parts[0], "CodeValue": parts[1], "CodeMeaning": parts[2]}
+from pocketseg_core.anatomy import anatomy_table, code_dict, code_triplet
+
+
+def _code(code_object: Any) -> dict[str, str] | None:
+    """A ``vtkSlicerTerminologyCategory`` / ``Type`` -> a DICOM code dict (``None`` when empty)."""
+    code = (
+        code_object.GetCodingSchemeDesignator() or "",
+        code_object.GetCodeValue() or "",
+        code_object.GetCodeMeaning() or "",
+    )
+    return code_dict(code) if any(code) else None
 
 
 def terminology_codes(terminology_entry: str) -> dict[str, dict[str, str]]:
-    """Slicer's serialised terminology (``context~category~type~...``) -> ``{"category", "type"}``."""
-    fields = (terminology_entry or "").split("~")
+    """Slicer's serialised terminology -> ``{"category": {...}, "type": {...}}`` (empty parts left out).
+
+    Parsed by the Terminologies module logic (``DeserializeTerminologyEntry``), not by hand.
+    """
+    entry = slicer.vtkSlicerTerminologyEntry()
+    if not terminology_entry or not slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(
+        terminology_entry, entry
+    ):
+        return {}
     codes: dict[str, dict[str, str]] = {}
-    for key, index in (("category", 1), ("type", 2)):
-        code = _code(fields[index]) if len(fields) > index else None
+    for key, code_object in (("category", entry.GetCategoryObject()), ("type", entry.GetTypeObject())):
+        code = _code(code_object)
         if code is not None:
             codes[key] = code
     return codes
@@ -47,3 +60,10 @@ def copy_segment_look(source: Any, target: Any) -> None:
     target.SetColor(*source.GetColor())
     if source.GetTerminology():
         target.SetTerminology(source.GetTerminology())
+
+
+def task_of_label(label: dict[str, Any]) -> str | None:
+    """The PocketSeg task whose structure (anatomy table) has the label's type code, or None."""
+    scheme, code, _ = code_triplet(label.get("terminology", {}).get("type"))
+    structure = anatomy_table().for_type_code(code, scheme) if code else None
+    return structure.task if structure is not None else None

@@ -12,23 +12,13 @@ import SimpleITK as sitk
 
 from pocketseg_core.errors import DatasetError
 from pocketseg_core.preprocessing import looks_like_ct, modality_warning
+from pocketseg_core.training.datasets import check_fold_count
 from PocketSegTrainLib.cases import CaseData
-
-
-def check_case_count(subject_count: int, case_count: int, folds: int) -> None:
-    """Fewer subjects than folds cannot be split (every fold needs a held-out subject)."""
-    if folds < 2:
-        raise DatasetError(f"cross-validation needs at least 2 folds, got {folds}")
-    if subject_count < folds:
-        raise DatasetError(
-            f"{case_count} case(s) from {subject_count} subject(s) cannot fill {folds} folds: "
-            f"add cases or use {max(2, subject_count)} folds or fewer"
-        )
 
 
 def validate_cases(data: list[CaseData], folds: int, modality: str) -> list[str]:
     """Raise :class:`DatasetError` on unusable cases; return warnings for the user."""
-    check_case_count(len({item.subject for item in data}), len(data), folds)
+    check_fold_count(len({item.subject for item in data}), len(data), folds)
     warnings: list[str] = []
     kinds: dict[str, list[str]] = {"CT": [], "MR": []}
     for item in data:

@@ -187,6 +187,33 @@ def test_user_catalog_registration_and_task_alias(bundle_path, user_catalog):
         load_bundle("nothing")
 
 
+def test_registering_again_replaces_and_a_failed_move_keeps_the_old_one(
+    bundle_path, user_catalog, monkeypatch
+):
+    registered = register_bundle(bundle_path)
+    first = (registered / WEIGHTS_FILE).read_bytes()
+    config = load_bundle(bundle_path).config
+    save_bundle(
+        bundle_path, config, {k: torch.zeros_like(v) for k, v in load_bundle(bundle_path).state_dict.items()}
+    )
+    real_replace = bundles.os.replace
+
+    def fail_into_target(source, destination):
+        if Path(destination) == registered and ".old." not in str(source):
+            raise OSError(28, "No space left on device")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(bundles.os, "replace", fail_into_target)
+    with pytest.raises(OSError, match="No space left"):
+        register_bundle(bundle_path)
+    monkeypatch.setattr(bundles.os, "replace", real_replace)
+    assert (registered / WEIGHTS_FILE).read_bytes() == first  # the old registration is back, whole
+    assert sorted(p.name for p in user_catalog.iterdir()) == ["tiny-skullstrip"]  # nothing left over
+    register_bundle(bundle_path)
+    assert all(torch.count_nonzero(v) == 0 for v in load_bundle("tiny-skullstrip").state_dict.values())
+    assert registered.stat().st_mode & 0o755 == 0o755
+
+
 def test_register_refuses_a_corrupt_bundle(bundle_path, user_catalog):
     (bundle_path / WEIGHTS_FILE).write_bytes(b"not torch")
     with pytest.raises(BundleError, match="fails its checksum"):

@@ -23,6 +23,7 @@ from pocketseg_core.inference import (
     window_starts,
 )
 from pocketseg_core.io import read_image
+from pocketseg_core.metrics import dice
 
 torch.set_num_threads(1)
 
@@ -167,11 +168,6 @@ def brain_bundle(tmp_path_factory) -> ModelBundle:
 @pytest.fixture(scope="module")
 def liver_bundle(tmp_path_factory) -> ModelBundle:
     return load_bundle(make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "liver", "liver", "CT"))
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
 
 
 def assert_same_grid(mask: sitk.Image, image: sitk.Image) -> None:

@@ -11,7 +11,7 @@ from conftest import shared_file
 
 from pocketseg_core.errors import GridMismatchError, InputImageError
 from pocketseg_core.io import read_image
-from pocketseg_core.metrics import METRIC_NAMES, RVD_EMPTY_REFERENCE, EmptyMaskWarning, compute_metrics
+from pocketseg_core.metrics import METRIC_NAMES, RVD_EMPTY_REFERENCE, EmptyMaskWarning, compute_metrics, dice
 
 SPACING = (0.8, 1.2, 2.5)  # (x, y, z) mm
 SHAPE = (14, 16, 18)  # (z, y, x)
@@ -91,6 +91,20 @@ def test_two_cubes_with_a_known_offset_counted_by_hand() -> None:
     # Farthest reference voxel from the prediction: the corner (z 2, y 2, x 2) against the
     # prediction corner (3, 3, 5): 1 voxel in z (2.5 mm), 1 in y (1.2 mm), 3 in x (2.4 mm).
     assert metrics["hd_max"] == pytest.approx(np.sqrt(2.5**2 + 1.2**2 + 2.4**2))
+
+
+def test_dice_alone_on_arrays_and_images_counted_by_hand() -> None:
+    reference = cube((2, 2, 2), 8)
+    prediction = np.zeros(SHAPE, np.uint8)
+    prediction[3:9, 3:9, 5:11] = 7  # any non-zero value is inside
+    expected = 2 * (6 * 6 * 5) / (8**3 + 6**3)
+    assert dice(reference, prediction) == pytest.approx(expected)
+    assert dice(label_image(reference), label_image(prediction)) == pytest.approx(expected)
+    assert dice(reference.astype(bool), prediction > 0) == pytest.approx(expected)
+    assert dice(np.zeros(SHAPE), np.zeros(SHAPE)) == 1.0  # both empty: perfect, as compute_metrics
+    assert dice(reference, np.zeros(SHAPE)) == 0.0
+    with pytest.raises(GridMismatchError, match="two masks of one shape"):
+        dice(reference, reference[1:])
 
 
 def test_anisotropic_offset_along_one_axis_equals_offset_in_mm() -> None:

@@ -14,6 +14,7 @@ from pocketseg_core.postprocessing import (
     keep_largest_component,
     mask_array,
     masked_volume,
+    nonzero_extent,
     superior_axis,
 )
 
@@ -25,6 +26,21 @@ def test_masked_volume_background_is_zero_for_mr_and_air_for_ct():
     ct = mask_array(values, inside, "CT")
     np.testing.assert_array_equal(ct, [[[-1024, -50, 40], [300, -1024, -1024]]])
     assert ct.dtype == np.int16
+
+
+@pytest.mark.parametrize("shape", [(9,), (6, 9), (5, 6, 9), (4, 5, 6, 3)])
+def test_nonzero_extent_is_the_box_of_the_non_zero_entries_in_any_dimension(shape):
+    rng = np.random.default_rng(len(shape))
+    for _ in range(50):
+        array = (rng.random(shape) > 0.9).astype(np.uint8)
+        expected = None
+        if array.any():
+            where = np.argwhere(array)
+            expected = [
+                (int(low), int(high)) for low, high in zip(where.min(axis=0), where.max(axis=0), strict=True)
+            ]
+        assert nonzero_extent(array) == expected
+    assert nonzero_extent(np.zeros(shape)) is None
 
 
 def test_masked_volume_keeps_the_grid():

@@ -12,10 +12,9 @@ from training_phantoms import TINY_RUN, write_csv_dataset
 
 from pocketseg_core.bundles import load_bundle
 from pocketseg_core.cli import main as cli_main
-from pocketseg_core.errors import Cancelled, DatasetError, PocketSegError
+from pocketseg_core.errors import Cancelled, CheckpointWriteError, DatasetError, PocketSegError
 from pocketseg_core.metrics import METRIC_NAMES, compute_metrics
 from pocketseg_core.training import checkpoints, config_from_preset, run_cross_validation
-from pocketseg_core.training.checkpoints import CheckpointWriteError
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +150,10 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoints.os, "fsync", disk_full)
-    with pytest.raises(CheckpointWriteError, match="No space left on device.*previous version was kept"):
+    with pytest.raises(
+        CheckpointWriteError,
+        match="No space left on device.*previous version, if any, was kept.*rerun with --resume",
+    ):
         checkpoints.atomic_torch_save({"w": torch.zeros(3)}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no temporary file left behind

@@ -127,8 +127,13 @@ def test_folds_by_subject_seeded_and_reproducible(tmp_path):
     assert load_folds(tmp_path / "folds.json") == folds
     written = json.loads((tmp_path / "folds.json").read_text(encoding="utf-8"))
     assert written["seed"] == 3 and len(written["folds"][0]["cases"]) == 4  # both cases of both subjects
-    with pytest.raises(DatasetError, match="3 subject.*cannot fill 5 folds"):
+    with pytest.raises(
+        DatasetError,
+        match=r"6 case\(s\) from 3 subject\(s\) cannot fill 5 folds: add cases or use 3 folds or fewer",
+    ):
         make_folds(_cases(6, per_subject=2), 5, seed=0)
+    with pytest.raises(DatasetError, match="cross-validation needs at least 2 folds, got 1"):
+        make_folds(cases, 1, seed=0)
 
 
 def test_unexpected_label_values_and_fractional_masks(tmp_path):

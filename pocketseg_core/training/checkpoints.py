@@ -1,49 +1,42 @@
 """Atomic writes of checkpoints and run files: a reader (or a resumed run) sees the old file or the new one.
 
-Every write goes to a temporary file in the target's folder (same file system), is flushed to
-disk, then moved over the target with ``os.replace``. If writing fails (disk full, permission)
+Every write goes through :func:`pocketseg_core.io.write_bytes_atomic` (a temporary file in the
+target's folder, flushed to disk, then ``os.replace``). If writing fails (disk full, permission)
 the temporary file is removed, the previous file is untouched, and
-:class:`CheckpointWriteError` says what happened.
+:class:`~pocketseg_core.errors.CheckpointWriteError` says what happened and how to resume.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from pocketseg_core.errors import PocketSegError
-from pocketseg_core.io import give_default_permissions
+from pocketseg_core.errors import CheckpointWriteError, PocketSegError
+from pocketseg_core.io import write_bytes_atomic
 
-
-class CheckpointWriteError(PocketSegError):
-    """A checkpoint or run file could not be written; the previous version was kept."""
+__all__ = [
+    "CheckpointWriteError",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_checkpoint",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically (:func:`pocketseg_core.io.write_bytes_atomic`),
+    creating the folder; a failure is a :class:`CheckpointWriteError` that says how to resume."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    give_default_permissions(temporary)  # mkstemp makes 0600; the user's umask decides instead
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return write_bytes_atomic(target, data)
+    except (OSError, PocketSegError) as error:
+        reason = error if isinstance(error, PocketSegError) else f"{target}: {error.strerror or error}"
         raise CheckpointWriteError(
-            f"could not write {target} ({error.strerror or error}); the previous version was kept. "
-            f"Free disk space or choose another output folder, then rerun with --resume."
+            f"{reason} Free disk space or choose another output folder, then rerun with --resume."
         ) from error
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

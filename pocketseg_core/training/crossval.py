@@ -39,6 +39,7 @@ import torch
 
 from pocketseg_core.bundles import BundleConfig, LabelInfo, load_bundle, save_bundle
 from pocketseg_core.errors import Cancelled, DatasetError, PocketSegError
+from pocketseg_core.metrics import dice
 from pocketseg_core.training import datasets
 from pocketseg_core.training.augment import build_augmentation
 from pocketseg_core.training.checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint
@@ -228,8 +229,7 @@ def _validation_scores(
         for value in range(1, num_classes):
             truth = volume.label == value
             predicted = prediction == value
-            total = truth.sum() + predicted.sum()
-            dices.append(1.0 if total == 0 else 2.0 * np.logical_and(truth, predicted).sum() / total)
+            dices.append(dice(truth, predicted))
             p = probabilities[value].numpy().astype(np.float64)
             g = truth.astype(np.float64)
             losses.append(1.0 - (2.0 * (p * g).sum() + 1e-6) / ((p * p).sum() + (g * g).sum() + 1e-6))

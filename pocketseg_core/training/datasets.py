@@ -32,6 +32,7 @@ import SimpleITK as sitk
 
 from pocketseg_core import geometry
 from pocketseg_core.errors import DatasetError
+from pocketseg_core.io import strip_image_extension
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +52,7 @@ class Case:
     @property
     def case_id(self) -> str:
         """A file-name-safe identifier, unique within a dataset (the image file's stem)."""
-        name = self.image_path.name
-        for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr"):
-            if name.endswith(suffix):
-                name = name[: -len(suffix)]
-                break
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", strip_image_extension(self.image_path))
 
     def to_dict(self) -> dict:
         return {
@@ -65,11 +61,6 @@ class Case:
             "label": str(self.label_path),
             "label_map": {str(k): v for k, v in self.label_map.items()},
         }
-
-
-def _nifti_stem(path: Path) -> str:
-    name = path.name
-    return name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else path.stem
 
 
 def _check_files(cases: list[Case]) -> list[Case]:
@@ -101,7 +92,7 @@ def _discover_lits(root: Path) -> list[Case]:
     cases = []
     volumes = sorted(root.rglob("volume-*.nii*"), key=lambda p: (len(p.name), p.name))
     for image_path in volumes:
-        number = _nifti_stem(image_path)[len("volume-") :]
+        number = strip_image_extension(image_path)[len("volume-") :]
         candidates = [image_path.parent / f"segmentation-{number}{ext}" for ext in (".nii", ".nii.gz")]
         candidates += sorted(root.rglob(f"segmentation-{number}.nii*"))
         label_path = next((c for c in candidates if c.is_file()), candidates[0])
@@ -122,7 +113,7 @@ def _discover_msd(dataset_json: Path, label_map: dict[int, int] | None) -> list[
     for entry in description.get("training", []):
         image_path = (root / entry["image"]).resolve()
         label_path = (root / entry["label"]).resolve()
-        cases.append(Case(_nifti_stem(image_path), image_path, label_path, dict(label_map)))
+        cases.append(Case(strip_image_extension(image_path), image_path, label_path, dict(label_map)))
     return cases
 
 
@@ -146,7 +137,7 @@ def _discover_list(list_path: Path, label_map: dict[int, int]) -> list[Case]:
         label_path = Path(row["label"])
         image_path = image_path if image_path.is_absolute() else root / image_path
         label_path = label_path if label_path.is_absolute() else root / label_path
-        subject = str(row.get("subject") or _nifti_stem(image_path))
+        subject = str(row.get("subject") or strip_image_extension(image_path))
         cases.append(Case(subject, image_path, label_path, dict(label_map)))
     return cases
 
@@ -195,6 +186,19 @@ def discover_cases(dataset: str | Path, label_map: dict[int, int] | None = None)
 # ----------------------------------------------------------------------------------------- folds
 
 
+def check_fold_count(subject_count: int, case_count: int, folds: int) -> None:
+    """Raise :class:`DatasetError` unless ``subject_count`` subjects can fill ``folds`` folds
+    (at least 2 folds, and every fold needs a held-out subject). Torch-free: the Slicer training
+    module checks its cases with it before torch is loaded."""
+    if folds < 2:
+        raise DatasetError(f"cross-validation needs at least 2 folds, got {folds}")
+    if subject_count < folds:
+        raise DatasetError(
+            f"{case_count} case(s) from {subject_count} subject(s) cannot fill {folds} folds: "
+            f"add cases or use {max(2, subject_count)} folds or fewer"
+        )
+
+
 def make_folds(cases: list[Case], n_folds: int, seed: int) -> list[list[str]]:
     """Split the subjects of ``cases`` into ``n_folds`` groups (shuffled with ``seed``).
 
@@ -202,13 +206,7 @@ def make_folds(cases: list[Case], n_folds: int, seed: int) -> list[list[str]]:
     split between folds. Raises :class:`DatasetError` with fewer subjects than folds.
     """
     subjects = sorted({case.subject for case in cases})
-    if n_folds < 2:
-        raise DatasetError(f"cross-validation needs at least 2 folds, got {n_folds}")
-    if len(subjects) < n_folds:
-        raise DatasetError(
-            f"{len(subjects)} subject(s) ({len(cases)} case(s)) cannot fill {n_folds} folds: "
-            f"use --folds {max(2, len(subjects))} or fewer, or add cases"
-        )
+    check_fold_count(len(subjects), len(cases), n_folds)
     random.Random(seed).shuffle(subjects)
     folds = [sorted(subjects[index::n_folds]) for index in range(n_folds)]
     return folds

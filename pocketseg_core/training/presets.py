@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from pocketseg_core.anatomy import structure_for_task
 from pocketseg_core.errors import PocketSegError
 
 
@@ -101,32 +102,9 @@ class TrainingConfig:
         return TrainingConfig.from_dict({**copy.deepcopy(self.to_dict()), **changes})
 
 
-_BRAIN_LABEL = {
-    "value": 1,
-    "name": "Brain",
-    "color": [0.87, 0.7, 0.6],
-    "terminology": {
-        "category": {
-            "CodingSchemeDesignator": "SCT",
-            "CodeValue": "123037004",
-            "CodeMeaning": "Anatomical Structure",
-        },
-        "type": {"CodingSchemeDesignator": "SCT", "CodeValue": "12738006", "CodeMeaning": "Brain"},
-    },
-}
-_LIVER_LABEL = {
-    "value": 1,
-    "name": "Liver",
-    "color": [0.86, 0.55, 0.42],
-    "terminology": {
-        "category": {
-            "CodingSchemeDesignator": "SCT",
-            "CodeValue": "123037004",
-            "CodeMeaning": "Anatomical Structure",
-        },
-        "type": {"CodingSchemeDesignator": "SCT", "CodeValue": "10200004", "CodeMeaning": "Liver"},
-    },
-}
+# name, colour and SNOMED-CT codes of each task's structure come from the anatomy table
+_BRAIN_LABEL = structure_for_task("skullstrip").label(1)
+_LIVER_LABEL = structure_for_task("liver").label(1)
 
 #: preset name -> overrides of the :class:`TrainingConfig` defaults
 PRESETS: dict[str, dict[str, Any]] = {

@@ -1,8 +1,9 @@
-"""``pocketseg benchmark``: time PocketSeg's networks side by side with their full-size
+"""``python -m benchmarks speed``: time PocketSeg's networks side by side with their full-size
 counterparts and the peers (MONAI UNet, nnU-Net-style DynUNet), whole job and network alone.
 
 Writes ``benchmark_<date>_<device>.json`` and ``.md`` into ``--output`` (see
-:mod:`pocketseg_core.benchmark` and benchmarks/README.md).
+:mod:`benchmarks.speed` and benchmarks/README.md). The harness lives beside the library, not in
+it: it is never installed into Slicer, and MONAI and the peer tools are its extras only.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from pocketseg_core.errors import PocketSegError
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "benchmark",
+        "speed",
         help="time the networks (whole job and network alone) against full-size and peer networks",
         description=(
             "Times read -> segment -> mask written and the network alone, for every shipped pocket network, "
             "its full-size counterpart and the peers' architectures (MONAI UNet, nnU-Net-style DynUNet; "
-            "needs 'pip install monai==1.6.1'), on phantoms of the issue's sizes; each case runs in its own "
+            "needs 'pip install monai==1.6.1'), on phantoms of a 256x256x192 T1 and a 512x512x200 CT; each case runs in its own "
             "process (peak memory). Writes a JSON file and a markdown table."
         ),
     )
@@ -44,6 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--overlap", type=float, default=0.5, help="window overlap (default 0.5)")
     parser.add_argument("--fast", action="store_true", help="run at the bundles' fast spacing")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    parser.add_argument(
+        "--precision",
+        choices=("float16", "bfloat16", "tfloat32", "float32"),
+        default="float32",
+        help="CUDA arithmetic of the networks (default float32, as inference; ignored on the CPU)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
     parser.add_argument(
         "--window",
@@ -59,12 +66,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="fewer repeats for a case that would take longer (slow peers on a CPU; default 600)",
     )
     parser.add_argument("--output", "-o", required=True, help="folder for the JSON and markdown results")
-    parser.set_defaults(command="benchmark")
+    parser.set_defaults(command="speed")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from pocketseg_core.benchmark import TASKS, BenchmarkSettings, run_benchmark
+    from benchmarks.speed import TASKS, BenchmarkSettings, run_benchmark
 
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
         raise PocketSegError("--repeats and --threads must be >= 1 and --warmup >= 0")
@@ -89,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         fast=args.fast,
         channels_last=args.channels_last,
+        precision=args.precision,
         compile=args.compile,
         max_case_seconds=args.max_case_seconds,
         include_presets=True if args.presets else None,

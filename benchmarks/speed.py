@@ -2,7 +2,7 @@
 counterparts and the peers' architectures, on the same input, in the same run.
 
 What one *case* (a network x a task x a device) measures, in a fresh subprocess
-(``python -m pocketseg_core.benchmark --case CASE.json``) so that its peak RSS is its own:
+(``python -m benchmarks.speed --case CASE.json``) so that its peak RSS is its own:
 
 - the whole job: read the NIfTI file -> :func:`~pocketseg_core.inference.segment_image` ->
   mask written (atomic NIfTI write), split into read / preprocess / network / postprocess /
@@ -49,8 +49,9 @@ from pocketseg_core.errors import PocketSegError
 from pocketseg_core.io import write_text_atomic
 
 TASKS = ("skullstrip", "liver")
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 
-#: the issue's input sizes, SimpleITK (x, y, z) order: T1 256x256x192 at 1 mm; CT 512x512x200
+#: the benchmark's input sizes, SimpleITK (x, y, z) order: T1 256x256x192 at 1 mm; CT 512x512x200
 FULL_INPUTS: dict[str, dict[str, Any]] = {
     "skullstrip": {"size": (256, 256, 192), "spacing": (1.0, 1.0, 1.0)},
     # a typical abdominal CT: 0.8 mm pixels, 2 mm slices (41 x 41 x 40 cm)
@@ -191,6 +192,7 @@ class BenchmarkCase:
     overlap: float = 0.5
     fast: bool = False
     channels_last: bool = False
+    precision: str = "float32"
     compile: bool = False
     max_case_seconds: float = 600.0
     window_size_zyx: list[int] | None = None  # override of the pocket/full cases' window
@@ -347,20 +349,13 @@ def build_peer(name: str):
 
 def _network_for(case: BenchmarkCase):
     """(bundle, network in eval mode on the CPU) of a case."""
-    from pocketseg_core.bundles import BundleConfig, LabelInfo, ModelBundle, load_bundle
+    from pocketseg_core.bundles import BundleConfig, ModelBundle, load_bundle
     from pocketseg_core.networks import create_network
 
     if case.source == "bundle":
         bundle = load_bundle(case.bundle)
         return bundle, bundle.build_network("cpu")
-    data = dict(case.config)
-    data["labels"] = [LabelInfo.from_dict(label) for label in data["labels"]]
-    for key in ("spacing", "window_size_zyx", "fast_spacing"):
-        if data.get(key) is not None:
-            data[key] = tuple(data[key])
-    data.pop("weights_sha256", None)
-    data.pop("format_version", None)
-    config = BundleConfig(**data)
+    config = BundleConfig.from_dict(case.config, source=f"benchmark case {case.case_id}")
     if case.source == "peer":
         network = build_peer(case.network)
     else:
@@ -435,6 +430,7 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
         overlap=case.overlap,
         batch_size=case.batch_size,
         channels_last=case.channels_last,
+        precision=case.precision,
         compile=case.compile,
         window_size_zyx=tuple(case.window_size_zyx) if case.window_size_zyx else None,
     )
@@ -485,7 +481,7 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
     if case.channels_last:
         inputs = inputs.contiguous(memory_format=_memory_format(inputs.dim()))
     pass_times = []
-    with torch.inference_mode(), _amp_context(device, True):
+    with torch.inference_mode(), _amp_context(device, case.precision):
         for index in range(max(2, min(5, case.repeats + 1))):
             _synchronize(device)
             tick = time.perf_counter()
@@ -567,7 +563,7 @@ ProgressPrinter = Callable[[str], None]
 
 @dataclass
 class BenchmarkSettings:
-    """What ``pocketseg benchmark`` was asked for."""
+    """What ``python -m benchmarks speed`` was asked for."""
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     devices: list[str] = field(default_factory=lambda: ["cpu"])
@@ -581,6 +577,7 @@ class BenchmarkSettings:
     overlap: float = 0.5
     fast: bool = False
     channels_last: bool = False
+    precision: str = "float32"
     compile: bool = False
     max_case_seconds: float = 600.0
     include_presets: bool | None = None
@@ -592,10 +589,14 @@ def _run_in_subprocess(case: BenchmarkCase, workdir: Path) -> dict[str, Any]:
     case.result_path = str(workdir / f"result-{abs(hash(case.case_id))}.json")
     case_path.write_text(json.dumps(asdict(case)), encoding="utf-8")
     environment = dict(os.environ)
+    # the harness is not installed: the case process finds this package from the repository root
+    environment["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPOSITORY_ROOT), environment.get("PYTHONPATH")])
+    )
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         environment[variable] = str(case.threads)
     completed = subprocess.run(
-        [sys.executable, "-m", "pocketseg_core.benchmark", "--case", str(case_path)],
+        [sys.executable, "-m", "benchmarks.speed", "--case", str(case_path)],
         env=environment,
         capture_output=True,
         text=True,
@@ -670,6 +671,7 @@ def run_benchmark(
                         settings.fast,
                     )
                     case.channels_last, case.compile = settings.channels_last, settings.compile
+                    case.precision = settings.precision
                     case.max_case_seconds = settings.max_case_seconds
                     if case.role != "peer" and settings.window_size_zyx:
                         case.window_size_zyx = list(settings.window_size_zyx)
@@ -751,7 +753,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"torch {report['torch']}, Python {report['python']}, {report['machine']}, "
         f"{report['cpu_count']} CPU(s), {report['threads']} thread(s)"
         + (f", GPU {report['gpu']}" if report.get("gpu") else "")
-        + (" — **quick mode (small inputs; not the issue's sizes)**" if report["settings"]["quick"] else ""),
+        + (
+            " — **quick mode (small inputs; not the full input sizes)**"
+            if report["settings"]["quick"]
+            else ""
+        ),
         "",
         "Device peaks (measured in this run): "
         + "; ".join(
@@ -816,7 +822,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _case_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pocketseg_core.benchmark --case CASE.json``: run one case, write its record."""
+    """``python -m benchmarks.speed --case CASE.json``: run one case, write its record."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", required=True, help="case JSON written by run_benchmark")
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@
 Run folder layout (``output_dir``)::
 
     run.json              config, cases, status ("incomplete" until the very end)
+    .pocketseg-run.lock   held while a run uses the folder (training.runlock)
     INCOMPLETE            marker file, removed when the run has finished
     folds.json            subjects (and case ids) of every fold, with the seed
     fold_K/last.pt        training state after the last finished epoch (resume point)

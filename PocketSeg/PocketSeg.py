@@ -34,7 +34,6 @@ from slicer.util import VTKObservationMixin
 
 #: how often the GUI looks at a running segmentation (ms); the work runs in a background thread
 POLL_INTERVAL_MS = 200
-DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 
 
 #
@@ -200,7 +199,7 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         model = self.ui.modelComboBox.currentData or task
         options = SegmentOptions(
-            device=DEVICES.get(self.ui.deviceComboBox.currentText, "auto"),
+            device=self.ui.deviceComboBox.currentText,  # Auto / CPU / GPU: see pocketseg_core.devices
             fast=parameters.fastMode,
             tta=parameters.flipTTA,
             create_masked_volume=parameters.createMaskedVolume,

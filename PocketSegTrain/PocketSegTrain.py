@@ -31,7 +31,6 @@ from slicer.ScriptedLoadableModule import (
 
 #: how often the GUI looks at a running training (ms); the work runs in a background thread
 POLL_INTERVAL_MS = 500
-DEVICES = {"Auto": "auto", "CPU": "cpu", "GPU": "cuda"}
 PRESET_NETWORK = "(preset's network)"
 
 
@@ -75,10 +74,11 @@ class PocketSegTrainWidget(ScriptedLoadableModuleWidget):
         self.logic = PocketSegTrainLogic()
 
         self.ui.presetComboBox.addItems(self.logic.preset_names())
+        from pocketseg_core.devices import DEVICE_LABELS
         from pocketseg_core.networks import network_names
 
         self.ui.networkComboBox.addItems([PRESET_NETWORK, *network_names()])
-        self.ui.deviceComboBox.addItems(list(DEVICES))
+        self.ui.deviceComboBox.addItems(list(DEVICE_LABELS))
         self.ui.outputDirectoryButton.directory = os.path.join(os.path.expanduser("~"), ".pocketseg", "runs")
         self.ui.casesTable.horizontalHeader().setStretchLastSection(True)
 
@@ -133,7 +133,7 @@ class PocketSegTrainWidget(ScriptedLoadableModuleWidget):
                 self.ui.outputDirectoryButton.directory,
                 folds=self.ui.foldsSpinBox.value,
                 epochs=self.ui.epochsSpinBox.value,
-                device=DEVICES[self.ui.deviceComboBox.currentText],
+                device=self.ui.deviceComboBox.currentText,  # Auto / CPU / GPU: see pocketseg_core.devices
                 network=None if network == PRESET_NETWORK else network,
                 resume=self.ui.resumeCheckBox.checked,
                 model_name=self.ui.modelNameLineEdit.text.strip() or None,

@@ -370,9 +370,9 @@ def window_plan(
     volume_shape: Sequence[int], network, config, overlap: float
 ) -> tuple[tuple[int, int, int], int]:
     """(window actually used (z, y, x), number of windows), exactly as inference slides them."""
-    from pocketseg_core.inference import _divisor_zyx, resolve_window, window_starts
+    from pocketseg_core.inference import resolve_window, window_divisor, window_starts
 
-    window = resolve_window(volume_shape, config.window_size_zyx, _divisor_zyx(network, config.window_mode))
+    window = resolve_window(volume_shape, config.window_size_zyx, window_divisor(network, config.window_mode))
     padded = [max(w, s) for w, s in zip(window, volume_shape, strict=True)]
     return window, int(
         np.prod([len(window_starts(p, w, overlap)) for p, w in zip(padded, window, strict=True)])
@@ -410,13 +410,8 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
     import torch
 
     from pocketseg_core import io
-    from pocketseg_core.inference import (
-        InferenceOptions,
-        _amp_context,
-        _memory_format,
-        resolve_device,
-        segment_image,
-    )
+    from pocketseg_core.devices import memory_format, precision_context, resolve_device
+    from pocketseg_core.inference import InferenceOptions, segment_image
     from pocketseg_core.preprocessing import to_working_grid
 
     torch.set_num_threads(case.threads)
@@ -479,9 +474,9 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
     spatial = window[1:] if config.window_mode == "slice2d" else window
     inputs = torch.randn(batch, 1, *spatial, device=device)
     if case.channels_last:
-        inputs = inputs.contiguous(memory_format=_memory_format(inputs.dim()))
+        inputs = inputs.contiguous(memory_format=memory_format(inputs.dim()))
     pass_times = []
-    with torch.inference_mode(), _amp_context(device, case.precision):
+    with torch.inference_mode(), precision_context(device, case.precision):
         for index in range(max(2, min(5, case.repeats + 1))):
             _synchronize(device)
             tick = time.perf_counter()
@@ -627,7 +622,7 @@ def run_benchmark(
     import torch
 
     from pocketseg_core import io
-    from pocketseg_core.inference import resolve_device
+    from pocketseg_core.devices import resolve_device
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         bundle = load_bundle(run_dir)
         network = bundle.build_network("cpu")
         for window in args.windows:
-            options = InferenceOptions(
-                device="cpu", keep_largest_component=False, window_size_zyx=(window, window, window)
+            options = InferenceOptions.without_clean_up(
+                device="cpu", window_size_zyx=(window, window, window)
             )
             for name, head, label in heads:
                 raw = segment_image(head, bundle, options, network=network).mask

@@ -37,17 +37,17 @@ TASKS: dict[str, str] = {"skullstrip": "Skull strip (T1 MRI)", "liver": "Segment
 class SegmentOptions:
     """What the Options section of the GUI sets."""
 
-    device: str = "auto"  # auto | cpu | cuda (the GUI's Auto / CPU / GPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N, or the GUI's Auto / CPU / GPU
     fast: bool = False  # coarser working spacing, for CPU users
     tta: bool = False  # flip test-time augmentation
     create_masked_volume: bool = False  # also create "<volume> skull-stripped" / "<volume> masked"
     show_3d: bool = False  # also build the 3D surface and show it
 
     def inference_options(self) -> Any:
+        from pocketseg_core.devices import device_name
         from pocketseg_core.inference import InferenceOptions
 
-        device = {"gpu": "cuda"}.get(self.device.strip().lower(), self.device.strip().lower())
-        return InferenceOptions(device=device, fast=self.fast, tta=self.tta)
+        return InferenceOptions(device=device_name(self.device), fast=self.fast, tta=self.tta)
 
 
 @dataclass

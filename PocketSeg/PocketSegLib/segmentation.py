@@ -25,11 +25,9 @@ from vtkmodules.util import numpy_support
 
 from pocketseg_core.anatomy import CodeTriplet, Structure, anatomy_table, code_triplet
 from pocketseg_core.errors import GridMismatchError, PocketSegError
+from pocketseg_core.geometry import grid_tolerance_mm
 from PocketSegLib.scene_context import SlicerContext
 from PocketSegLib.volume_io import ijk_to_ras_matrix, image_from_array_on_volume, image_ijk_to_ras
-
-#: Geometry tolerance (mm / direction cosine) for "this mask lies on that volume's grid".
-GRID_TOLERANCE = 1e-4
 
 ANATOMY = anatomy_table()
 #: The category of the anatomy table's structures, also the default of a label without one.
@@ -133,7 +131,7 @@ def require_mask_on_volume_grid(mask: sitk.Image, volume_node: Any) -> None:
             f"the mask ({mask.GetSize()}) does not have the size of volume '{volume_node.GetName()}' ({dims})"
         )
     difference = np.abs(image_ijk_to_ras(mask) - ijk_to_ras_matrix(volume_node)).max()
-    if difference > GRID_TOLERANCE:
+    if difference > grid_tolerance_mm(mask.GetSpacing()):
         raise GridMismatchError(
             f"the mask is not on the grid of volume '{volume_node.GetName()}' "
             f"(IJK-to-RAS differs by {difference:.3g}); masks must be computed on the input's grid"

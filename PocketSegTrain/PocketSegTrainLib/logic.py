@@ -34,6 +34,7 @@ from typing import Any
 from PocketSegLib.runner import BackgroundRun, ProgressCallback
 from PocketSegLib.scene_context import SlicerContext, default_context
 
+from pocketseg_core.devices import device_name
 from pocketseg_core.errors import PocketSegError
 from PocketSegTrainLib import cases as cases_module
 from PocketSegTrainLib import curves, results, validation
@@ -41,8 +42,6 @@ from PocketSegTrainLib.cases import CaseData, TrainingCase
 from PocketSegTrainLib.terminology import label_from_segment, task_of_label
 
 CASES_FOLDER, RUN_FOLDER = "cases", "run"
-#: GUI device names -> pocketseg_core device strings
-DEVICES = {"auto": "auto", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}
 
 
 @dataclass
@@ -151,8 +150,11 @@ class PocketSegTrainLogic:
         if model_name is None and resume and (run_dir / "run.json").is_file():
             model_name = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["config"]["name"]
         model_name = model_name or f"{preset}-slicer-{time.strftime('%Y%m%d-%H%M%S')}"
+        from pocketseg_core.bundles import check_bundle_name
+
+        check_bundle_name(model_name)  # it names a catalog folder: one plain folder name, before any work
         settings: dict[str, Any] = {"name": model_name, "folds": int(folds)}
-        settings["device"] = DEVICES.get(str(device).strip().lower(), str(device))
+        settings["device"] = device_name(device)
         if epochs is not None:
             settings["epochs"] = int(epochs)
         if network:

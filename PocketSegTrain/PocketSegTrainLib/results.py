@@ -20,13 +20,12 @@ from PocketSegLib import segmentation
 from PocketSegLib.scene_context import SlicerContext
 
 from pocketseg_core.errors import PocketSegError
+from pocketseg_core.geometry import grid_tolerance_mm
 from pocketseg_core.metrics import METRIC_NAMES, compute_metrics
 from pocketseg_core.training.report import summarize
 from PocketSegTrainLib.cases import CaseData
 from PocketSegTrainLib.terminology import copy_segment_look
 
-#: physical tolerance (mm) for "the prediction file lies on the case's grid" (NIfTI keeps float32)
-GRID_TOLERANCE_MM = 1e-3
 CASE_COLUMN = "Case"
 MEAN_ROW, STD_ROW = "mean", "std"
 
@@ -44,7 +43,9 @@ def prediction_on_case_grid(prediction: sitk.Image, item: CaseData) -> sitk.Imag
     far_distance = np.array(prediction.TransformContinuousIndexToPhysicalPoint(far)) - np.array(
         reference.TransformContinuousIndexToPhysicalPoint(far)
     )
-    if same_size and max(np.abs(corner).max(), np.abs(far_distance).max()) < GRID_TOLERANCE_MM:
+    if same_size and max(np.abs(corner).max(), np.abs(far_distance).max()) < grid_tolerance_mm(
+        reference.GetSpacing()
+    ):
         mask = sitk.Cast(prediction > 0, sitk.sitkUInt8)
         mask.CopyInformation(reference)
         return mask
@@ -78,7 +79,7 @@ def case_metrics(item: CaseData, prediction_node: Any) -> dict[str, float]:
     exported = segmentation.segment_image_on_volume(
         prediction_node, prediction_node.GetSegmentation().GetNthSegmentID(0), item.case.volume_node
     )
-    return compute_metrics(item.label, exported, label=1)
+    return compute_metrics(item.label, exported, label=1, allow_absent=True)
 
 
 def metrics_table(context: SlicerContext, rows: list[tuple[str, dict[str, float]]], name: str) -> Any:

@@ -181,7 +181,7 @@ def test_an_unknown_cuda_precision_is_refused_before_any_compute(fitted_bundle):
 
     image, _ = make_test_phantom("MR", seed=5)
     calls: list[str] = []
-    with pytest.raises(PocketSegError, match="unknown precision 'int8'; use one of float16"):
+    with pytest.raises(PocketSegError, match="unknown precision 'int8'; use one of float32, tfloat32, float16, bfloat16"):
         segment_image(
             image,
             fitted_bundle,

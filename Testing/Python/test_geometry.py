@@ -184,3 +184,17 @@ def test_probabilities_are_interpolated_then_thresholded_on_the_reference_grid()
     # between 2.5 and 4.5, the 0.5 level at x = 3.5, so fine voxels x >= 4 are inside.
     row = sitk.GetArrayFromImage(mask)[4, 4, :]
     np.testing.assert_array_equal(row, [0, 0, 0, 0, 1, 1, 1, 1])
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.4, 0.4, 3.0), (2.5, 2.5, 2.5)])
+def test_one_grid_tolerance_scaled_by_the_smallest_voxel(spacing):
+    from pocketseg_core.geometry import GRID_TOLERANCE, grid_tolerance_mm, same_grid
+
+    tolerance = grid_tolerance_mm(spacing)
+    assert tolerance == pytest.approx(GRID_TOLERANCE * min(spacing))
+    image = sitk.Image([8, 9, 10], sitk.sitkUInt8)
+    image.SetSpacing(spacing)
+    near, far = sitk.Image(image), sitk.Image(image)
+    near.SetOrigin((0.5 * tolerance, 0.0, 0.0))  # a float32 header round trip moves this little
+    far.SetOrigin((2.0 * tolerance, 0.0, 0.0))
+    assert same_grid(image, near) and not same_grid(image, far)

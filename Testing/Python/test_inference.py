@@ -17,9 +17,13 @@ from pocketseg_core.bundles import ModelBundle, load_bundle
 from pocketseg_core.errors import Cancelled, InputImageError, PocketSegError
 from pocketseg_core.inference import (
     InferenceOptions,
+    Predictor,
+    clean_up,
     gaussian_importance,
     segment_image,
+    sliding_window_inference,
     sliding_window_probabilities,
+    window_grid,
     window_starts,
 )
 from pocketseg_core.io import read_image
@@ -160,6 +164,21 @@ def test_out_of_memory_at_batch_one_moves_on_to_the_fallback_device(volume):
         )
 
 
+def test_window_loop_blends_any_predictor(volume):
+    # The generic loop knows no network: a predictor returning two channels of the window
+    # itself must give back the volume (blending weights sum out), padding included.
+    def predictor(windows: torch.Tensor) -> torch.Tensor:
+        return torch.cat([windows, 2.0 * windows], dim=1)
+
+    outputs, device = sliding_window_inference(volume, (8, 32, 8), predictor, overlap=0.25, batch_size=3)
+    assert device.type == "cpu" and outputs.shape == (2, *volume.shape)
+    torch.testing.assert_close(outputs[0], torch.from_numpy(volume), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs[1], 2.0 * torch.from_numpy(volume), atol=1e-5, rtol=1e-5)
+    assert (
+        len(window_grid(volume.shape, (8, 32, 8), 0.25)) == 2 * 1 * 4
+    )  # z: 13 -> 2 windows, y: one, x: 22 -> 4
+
+
 @pytest.fixture(scope="module")
 def brain_bundle(tmp_path_factory) -> ModelBundle:
     return load_bundle(make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "brain", "skullstrip", "MR"))
@@ -189,7 +208,7 @@ def test_phantom_mask_on_the_input_grid_and_accurate(brain_bundle):
     assert result.probabilities.GetPixelID() == sitk.sitkFloat32
     assert 0.0 <= probabilities.min() and probabilities.max() <= 1.0
     # The mask is the thresholded, linearly resampled probability (then the largest component).
-    without_lcc = segment_image(image, brain_bundle, InferenceOptions(keep_largest_component=False))
+    without_lcc = segment_image(image, brain_bundle, InferenceOptions.without_clean_up())
     np.testing.assert_array_equal(
         sitk.GetArrayFromImage(without_lcc.mask), (probabilities > 0.5).astype(np.uint8)
     )
@@ -223,7 +242,7 @@ def test_mask_resampled_only_near_the_foreground_equals_the_full_resampling(brai
         image = _oblique(image, [40, 36, 30], (3.0, 3.0, 3.0), 40.0)
     else:
         image = _oblique(image, [150, 130, 60], (1.1, 1.3, 2.3), 0.0)
-    options = InferenceOptions(keep_largest_component=False)
+    options = InferenceOptions.without_clean_up()
     full = segment_image(image, brain_bundle, dataclasses.replace(options, return_probabilities=True))
     bounded = segment_image(image, brain_bundle, options)
     assert_same_grid(bounded.mask, image)
@@ -258,11 +277,44 @@ def test_bundle_bridge_cutting_runs_before_the_largest_component(brain_bundle):
     cut = sitk.GetArrayFromImage(segment_image(leaky, cutting, InferenceOptions()).mask)
     assert not cut[blob].any()
     assert dice(cut, brain) > dice(plain, brain)
-    # --all-components (keep_largest_component=False) switches the whole clean-up off
-    raw = sitk.GetArrayFromImage(
-        segment_image(leaky, cutting, InferenceOptions(keep_largest_component=False)).mask
-    )
+    # each option switches its own step: without the bridge cut the blob stays (attached, so in
+    # the largest component); without the largest component the bridge cut still drops it
+    uncut = segment_image(leaky, cutting, InferenceOptions(cut_thin_bridges=False)).mask
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(uncut), plain)
+    all_components = segment_image(leaky, cutting, InferenceOptions(keep_largest_component=False)).mask
+    assert not sitk.GetArrayFromImage(all_components)[blob].any()
+    raw = sitk.GetArrayFromImage(segment_image(leaky, cutting, InferenceOptions.without_clean_up()).mask)
     assert raw[blob].all()
+
+
+def test_each_clean_up_option_switches_exactly_its_own_step():
+    # a body with an axial hole (a vessel tunnel open at top and bottom: only slice filling
+    # closes it) and a separate small blob
+    array = np.zeros((12, 20, 20), dtype=np.uint8)
+    array[1:11, 3:13, 3:13] = 1
+    array[:, 7:9, 7:9] = 0  # tunnel through the body, top to bottom
+    array[4:7, 15:18, 15:18] = 1  # small separate blob
+    mask = sitk.GetImageFromArray(array)
+    tunnel = np.zeros_like(array, dtype=bool)
+    tunnel[1:11, 7:9, 7:9] = True
+    blob = np.zeros_like(array, dtype=bool)
+    blob[4:7, 15:18, 15:18] = True
+
+    def cleaned(**switches) -> np.ndarray:
+        return sitk.GetArrayFromImage(clean_up(mask, {"fill_holes": "slices"}, InferenceOptions(**switches)))
+
+    default = cleaned()
+    assert default[tunnel].all() and not default[blob].any()
+    all_components = cleaned(keep_largest_component=False)  # hole filling stays on
+    assert all_components[tunnel].all() and all_components[blob].all()
+    unfilled = cleaned(bundle_fill_holes=False)  # the largest component stays on
+    assert not unfilled[tunnel].any() and not unfilled[blob].any()
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(clean_up(mask, {"fill_holes": "slices"}, InferenceOptions.without_clean_up())),
+        array,
+    )
+    # 3D filling cannot close a tunnel open at both ends: the caller's option alone leaves it
+    assert not cleaned(bundle_fill_holes=False, fill_holes=True)[tunnel].any()
 
 
 def test_flipped_and_permuted_copy_gives_the_same_mask_exactly(brain_bundle):
@@ -367,3 +419,22 @@ def test_real_ct_dicom_mask_has_the_input_geometry(shared_data, liver_bundle):
     result = segment_image(image, liver_bundle)
     assert_same_grid(result.mask, image)
     assert result.messages == []  # a CT given to a CT model: no modality warning
+
+
+def test_predictor_keeps_its_network_and_gives_segment_image_masks(brain_bundle, tmp_path):
+    image, _ = make_phantom("MR", size=(40, 44, 36), spacing=(4.0, 4.0, 4.0), seed=5)
+    predictor = Predictor(brain_bundle, InferenceOptions(device="cpu"))
+    assert predictor.network is None
+    first = predictor.segment(image)
+    network = predictor.network
+    assert network is not None
+    path = tmp_path / "head.nii.gz"
+    sitk.WriteImage(image, str(path))
+    second = predictor(path)  # a file is read first
+    assert predictor.network is network  # built once, kept
+    expected = sitk.GetArrayFromImage(segment_image(image, brain_bundle, InferenceOptions(device="cpu")).mask)
+    assert np.count_nonzero(expected) > 1000
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(first.mask), expected)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(second.mask), expected)
+    raw = predictor.segment(image, InferenceOptions.without_clean_up(device="cpu"))
+    assert predictor.network is network and np.count_nonzero(sitk.GetArrayFromImage(raw.mask)) > 1000

@@ -63,7 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--all-components",
         action="store_true",
-        help="keep every connected component (default: the largest, after the model's bridge cutting if any)",
+        help="keep every connected component (default: the largest, after the model's bridge cutting if any; "
+        "the model's hole filling runs either way)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         overlap=args.overlap,
         batch_size=args.batch_size,
+        cut_thin_bridges=not args.all_components,
         keep_largest_component=not args.all_components,
         fill_holes=args.fill_holes,
         return_probabilities=any(job.probabilities for job in jobs),
@@ -123,6 +125,15 @@ def run(args: argparse.Namespace) -> int:
                 raise
             failures += 1
             print(f"pocketseg predict: {job.input}: error: {error}", file=sys.stderr)
+        except Exception as error:  # a defect, not the user's: one bad file must not stop the batch
+            if len(jobs) == 1:
+                raise
+            failures += 1
+            print(
+                f"pocketseg predict: {job.input}: unexpected error ({type(error).__name__}: {error}); "
+                f"skipped, please report it",
+                file=sys.stderr,
+            )
     if len(jobs) > 1:
         print(f"{len(jobs) - failures} of {len(jobs)} images segmented")
     return 1 if failures else 0
@@ -180,7 +191,51 @@ def plan_jobs(
         for target in (job.output, job.probabilities, job.masked_volume):
             if target is not None:
                 check_writable(target)
+    check_no_aliasing(jobs)
     return jobs
+
+
+def _file_key(path: Path) -> tuple:
+    """What identifies the file ``path`` names: device and inode when it exists (so links and
+    hard links count as the same file), else its resolved path."""
+    try:
+        status = path.stat()
+        return ("inode", status.st_dev, status.st_ino)
+    except OSError:
+        return ("path", str(path.resolve()))
+
+
+def check_no_aliasing(jobs: list[PredictJob]) -> None:
+    """Refuse outputs that would overwrite an input or each other, before any work.
+
+    Raises:
+        PocketSegError: names the paths that collide.
+    """
+    inputs = {
+        key: job.input for job in jobs for key in (_file_key(job.input), ("path", str(job.input.resolve())))
+    }
+    outputs: dict[tuple, tuple[str, Path]] = {}
+    for job in jobs:
+        for option, target in (
+            ("--output", job.output),
+            ("--probabilities", job.probabilities),
+            ("--masked-volume", job.masked_volume),
+        ):
+            if target is None:
+                continue
+            keys = {_file_key(target), ("path", str(target.resolve()))}
+            for key in keys:
+                if key in inputs:
+                    raise PocketSegError(
+                        f"{option} {target} would overwrite the input {inputs[key]}; choose another output path"
+                    )
+                if key in outputs:
+                    other_option, _ = outputs[key]
+                    raise PocketSegError(
+                        f"{option} and {other_option} both write {target}; give each output its own path"
+                    )
+            for key in keys:
+                outputs[key] = (option, target)
 
 
 def check_writable(path: Path) -> None:

@@ -1,0 +1,201 @@
+"""The whole job: image in, mask on exactly the input grid out, in four stages.
+
+1. read (:func:`read_input`): a path is read, an image taken as it is; either must be a 3D
+   scalar volume with finite, non-constant voxels;
+2. preprocess (:func:`preprocess`): warn when intensities do not fit the model's modality (a CT
+   model given an MR and vice versa); reorient to the bundle's orientation (permute/flip only)
+   and resample linearly to the working spacing (the bundle's ``fast_spacing`` in fast mode);
+   normalise intensities (:mod:`pocketseg_core.preprocessing`);
+3. predict (:func:`~pocketseg_core.inference.network.predict_probabilities`): slide the
+   bundle's window (3D patches, 5-slice slabs or 2D slices) over the volume in batches,
+   blending softmax probabilities with Gaussian weights, optionally averaged over flips; on
+   CUDA under autocast, with the out-of-memory fallback of :mod:`pocketseg_core.devices`;
+4. postprocess (:func:`postprocess`): probabilities back to the input grid linearly, then
+   threshold/argmax, then the clean-up steps the options switch on
+   (:mod:`pocketseg_core.inference.postprocess`).
+
+:func:`segment_image` runs them once; a :class:`Predictor` keeps the bundle's network built
+between calls (each click of a Slicer button, each file of a batch).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from pocketseg_core import io
+from pocketseg_core.bundles import BundleConfig, ModelBundle
+from pocketseg_core.devices import check_precision, resolve_device
+from pocketseg_core.errors import Cancelled, InputImageError
+from pocketseg_core.inference.network import predict_probabilities
+from pocketseg_core.inference.options import InferenceOptions, ProgressCallback, SegmentationResult
+from pocketseg_core.inference.postprocess import clean_up, to_input_grid
+from pocketseg_core.preprocessing import WorkingGrid, modality_warning, to_working_grid
+
+# progress fractions of the stages
+_PREPROCESS_END = 0.1
+_WINDOWS_END = 0.9
+
+
+def read_input(source: sitk.Image | str | os.PathLike) -> sitk.Image:
+    """The read stage: ``source`` (an image, or a file or DICOM folder to read) as a checked
+    3D scalar image. Raises :class:`InputImageError` naming what is wrong."""
+    image = source if isinstance(source, sitk.Image) else io.read_image(source)
+    if image.GetDimension() != 3:
+        raise InputImageError(
+            f"the image is {image.GetDimension()}D ({io.describe_image(image)}); PocketSeg needs a 3D volume"
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputImageError("the image has several components per voxel; PocketSeg needs a scalar volume")
+    io.check_image_content(image, "input image")
+    return image
+
+
+def preprocess(image: sitk.Image, config: BundleConfig, fast: bool, messages: list[str]) -> WorkingGrid:
+    """The preprocess stage: ``image`` on the model's working grid, normalised (``grid.volume``
+    is ``(z, y, x)`` float32); warnings go to ``messages``."""
+    warning = modality_warning(sitk.GetArrayViewFromImage(image), config.modality)
+    if warning:
+        messages.append(warning)
+    spacing = config.fast_spacing if fast and config.fast_spacing else config.spacing
+    if fast and not config.fast_spacing:
+        messages.append("this model has no fast mode; running at its normal working spacing")
+    return to_working_grid(image, config.orientation, spacing, config.preprocessing)
+
+
+def postprocess(
+    probabilities: np.ndarray,
+    grid: WorkingGrid,
+    image: sitk.Image,
+    config: BundleConfig,
+    options: InferenceOptions,
+) -> tuple[sitk.Image, sitk.Image | None]:
+    """The postprocess stage: probabilities ``(K, z, y, x)`` on the working grid -> (cleaned
+    ``uint8`` mask, optional ``float32`` probabilities), both with exactly ``image``'s grid."""
+    label_value = config.labels[0].value if len(config.labels) == 1 else 1  # of a two-class model
+    mask, probability_image = to_input_grid(
+        probabilities, grid, image, label_value, options.return_probabilities
+    )
+    mask = clean_up(mask, config.postprocessing, options)
+    mask.CopyInformation(image)
+    return mask, probability_image
+
+
+def segment_image(
+    image: sitk.Image,
+    bundle: ModelBundle,
+    options: InferenceOptions | None = None,
+    progress: ProgressCallback | None = None,
+    network: torch.nn.Module | None = None,
+) -> SegmentationResult:
+    """Segment ``image`` with ``bundle``; the mask lies on exactly the input's grid.
+
+    Args:
+        image: a 3D scalar image (any orientation, spacing, origin, pixel type).
+        bundle: a loaded model bundle.
+        options: see :class:`InferenceOptions`.
+        progress: ``progress(fraction, message)``; returning ``False`` cancels (raises
+            :class:`Cancelled` within one batch of windows; nothing is written anywhere).
+        network: an already built network of the bundle (saves rebuilding it for many images;
+            :class:`Predictor` keeps one for you).
+
+    Raises:
+        InputImageError: not 3D, NaN/inf voxels, a constant image.
+        Cancelled: the callback returned ``False``.
+    """
+    options = options or InferenceOptions()
+    check_precision(options.precision)  # before any compute
+    config = bundle.config
+    started = time.perf_counter()
+    messages: list[str] = []
+    timings: dict[str, float] = {}
+
+    def report(fraction: float, message: str) -> None:
+        if progress is not None and progress(min(max(fraction, 0.0), 1.0), message) is False:
+            raise Cancelled("segmentation cancelled by the user; nothing was written")
+
+    report(0.0, "checking the image")
+    image = read_input(image)
+    device = resolve_device(options.device, messages)
+
+    tick = time.perf_counter()
+    grid = preprocess(image, config, options.fast, messages)
+    timings["preprocess"] = time.perf_counter() - tick
+    report(_PREPROCESS_END, "preprocessed")
+
+    tick = time.perf_counter()
+    if network is None:
+        network = bundle.build_network(device)
+    probabilities, used_device = predict_probabilities(
+        grid.volume,
+        network,
+        tuple(options.window_size_zyx) if options.window_size_zyx else config.window_size_zyx,
+        config.window_mode,
+        config.num_classes,
+        device,
+        tta=options.tta,
+        overlap=options.overlap,
+        batch_size=options.batch_size,
+        precision=options.precision if options.amp else "float32",
+        channels_last=options.channels_last,
+        compile=options.compile,
+        messages=messages,
+        progress=lambda fraction, message: report(
+            _PREPROCESS_END + (_WINDOWS_END - _PREPROCESS_END) * fraction, message
+        ),
+    )
+    timings["network"] = time.perf_counter() - tick
+    report(_WINDOWS_END, "mapping back to the input grid")
+
+    tick = time.perf_counter()
+    mask, probability_image = postprocess(probabilities, grid, image, config, options)
+    timings["postprocess"] = time.perf_counter() - tick
+    report(1.0, "done")
+    return SegmentationResult(
+        mask=mask,
+        probabilities=probability_image,
+        device=str(used_device),
+        seconds=time.perf_counter() - started,
+        messages=messages,
+        timings=timings,
+    )
+
+
+class Predictor:
+    """A model ready to segment many images: the bundle's network is built once and kept.
+
+    ``Predictor(bundle).segment(image)`` gives exactly what ``segment_image(image, bundle)``
+    gives; the network is built on the first call (on the device the options resolve to) and
+    reused by every later call, whatever device those ask for (it is moved as needed). One
+    call at a time: the network is not shared between threads.
+    """
+
+    def __init__(self, bundle: ModelBundle, options: InferenceOptions | None = None) -> None:
+        self.bundle = bundle
+        self.options = options or InferenceOptions()
+        self._network: torch.nn.Module | None = None
+
+    @property
+    def network(self) -> torch.nn.Module | None:
+        """The kept network (None until the first call)."""
+        return self._network
+
+    def segment(
+        self,
+        source: sitk.Image | str | os.PathLike,
+        options: InferenceOptions | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> SegmentationResult:
+        """Segment ``source`` (an image, or a file/DICOM folder to read) with ``options``
+        (default: the predictor's)."""
+        options = options or self.options
+        image = source if isinstance(source, sitk.Image) else io.read_image(source)
+        if self._network is None:
+            self._network = self.bundle.build_network(resolve_device(options.device))
+        return segment_image(image, self.bundle, options, progress, network=self._network)
+
+    __call__ = segment

@@ -39,7 +39,14 @@ from pocketseg_core.errors import Cancelled, PocketSegError
 #: the file endings a server accepts as uploads (single-file formats: the bytes are the image)
 UPLOAD_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
 #: inference options a client may set (the device is the server's choice)
-REMOTE_OPTIONS: tuple[str, ...] = ("fast", "tta", "overlap", "keep_largest_component", "fill_holes")
+REMOTE_OPTIONS: tuple[str, ...] = (
+    "fast",
+    "tta",
+    "overlap",
+    "cut_thin_bridges",
+    "keep_largest_component",
+    "fill_holes",
+)
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
 #: seconds a status call or a small request may take before the server counts as unreachable

@@ -40,6 +40,7 @@ def run_remote(args: argparse.Namespace, jobs: list) -> int:
         "fast": bool(args.fast),
         "tta": bool(args.tta),
         "overlap": float(args.overlap),
+        "cut_thin_bridges": not args.all_components,
         "keep_largest_component": not args.all_components,
         "fill_holes": bool(args.fill_holes),
     }

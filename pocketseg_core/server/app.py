@@ -31,6 +31,7 @@ OPTION_TYPES: dict[str, type] = {
     "fast": bool,
     "tta": bool,
     "overlap": float,
+    "cut_thin_bridges": bool,
     "keep_largest_component": bool,
     "fill_holes": bool,
 }

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -39,6 +39,10 @@ CONFIG_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
 SHIPPED_CATALOG = Path(__file__).resolve().parent / "models" / "catalog.json"
 MODELS_DIR_ENV = "POCKETSEG_MODELS_DIR"
+
+#: largest weights file PocketSeg loads: the shipped models are ~0.2 MB, the papers' full-size
+#: networks tens of MB; a larger file is refused before a byte is hashed or read
+MAX_WEIGHTS_BYTES = 2**31
 
 MODALITIES = ("MR", "CT")
 WINDOW_MODES = ("patch3d", "slab", "slice2d")
@@ -70,7 +74,8 @@ class LabelInfo:
             value = int(data["value"])
             name = str(data["name"])
             color = tuple(float(c) for c in data.get("color", (1.0, 1.0, 0.0)))
-        except (KeyError, TypeError, ValueError) as error:
+            terminology = dict(data.get("terminology", {}))
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError) as error:
             raise BundleError(
                 f"{where}: needs integer 'value', 'name' and 'color' [r, g, b] ({error})"
             ) from None
@@ -78,7 +83,7 @@ class LabelInfo:
             raise BundleError(f"{where}: value {value} must be between 1 and 255 (0 is background)")
         if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
             raise BundleError(f"{where}: color must be three numbers between 0 and 1, got {list(color)}")
-        return cls(value=value, name=name, color=color, terminology=dict(data.get("terminology", {})))
+        return cls(value=value, name=name, color=color, terminology=terminology)
 
 
 def standard_label(task: str) -> LabelInfo:
@@ -134,9 +139,14 @@ class BundleConfig:
 
     def validate(self) -> None:
         """Raise :class:`BundleError` naming the first field that cannot be used."""
-        where = f"bundle '{self.name}'"
         if not self.name or not isinstance(self.name, str):
             raise BundleError("bundle config: 'name' must be a non-empty string")
+        check_bundle_name(self.name, "bundle config: 'name'")
+        where = f"bundle '{self.name}'"
+        if not isinstance(self.weights_sha256, str) or (
+            self.weights_sha256 and not re.fullmatch(r"[0-9a-f]{64}", self.weights_sha256)
+        ):
+            raise BundleError(f"{where}: weights_sha256 must be 64 lower-case hex digits")
         if not self.network:
             raise BundleError(f"{where}: 'network' must name a network of the registry (e.g. pocket_unet3d)")
         if self.modality not in MODALITIES:
@@ -209,7 +219,9 @@ class BundleConfig:
     def from_dict(cls, data: Mapping[str, Any], source: str = "bundle.json") -> BundleConfig:
         if not isinstance(data, Mapping):
             raise BundleError(f"{source}: expected a JSON object")
-        version = int(data.get("format_version", BUNDLE_FORMAT_VERSION))
+        version = data.get("format_version", BUNDLE_FORMAT_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise BundleError(f"{source}: format_version must be an integer, got {version!r}")
         if version > BUNDLE_FORMAT_VERSION:
             raise BundleError(
                 f"{source}: bundle format {version} is newer than this PocketSeg understands "
@@ -231,8 +243,11 @@ class BundleConfig:
         ]
         try:
             return cls(**values)
-        except TypeError as error:
-            raise BundleError(f"{source}: {error}") from None
+        except (TypeError, ValueError, OverflowError, AttributeError) as error:
+            # a value of the wrong type deep in a field (e.g. a string where numbers belong)
+            raise BundleError(
+                f"{source}: a value has the wrong type or range ({error}); fix or re-export it"
+            ) from None
 
 
 def _spacing(value: Any, where: str) -> tuple[float, float, float]:
@@ -278,7 +293,41 @@ class ModelBundle:
         return f"bundle '{self.config.name}'" + (f" at {self.path}" if self.path else "")
 
 
+def _umask() -> int:
+    from pocketseg_core.io import current_umask
+
+    return current_umask()
+
+
+def check_bundle_name(name: str, what: str = "model name") -> str:
+    """Refuse a bundle name that is not one plain path component, so that a catalog folder
+    ``<catalog>/<name>`` can never point outside the catalog (``..``, ``/abs``, ``a/b``).
+
+    Returns:
+        ``name`` unchanged.
+
+    Raises:
+        BundleError: one sentence saying which characters are allowed.
+    """
+    problem = ""
+    if not isinstance(name, str) or not name.strip():
+        problem = "is empty"
+    elif name in (".", "..") or name.startswith("."):
+        problem = "starts with a dot"
+    elif any(sep in name for sep in ("/", "\\", os.sep, os.altsep or "/")) or ":" in name:
+        problem = "contains a path separator"
+    elif any(ord(c) < 32 for c in name) or len(name) > 120:
+        problem = "contains control characters or is longer than 120 characters"
+    if problem:
+        raise BundleError(
+            f"{what} {name!r} {problem}; a model name is one folder name: letters, digits, "
+            f"'-', '_' and '.' (not first), e.g. my-liver-model"
+        )
+    return name
+
+
 def sha256_of(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (never the whole file in memory)."""
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -314,7 +363,8 @@ def save_bundle(folder: str | os.PathLike, config: BundleConfig, state_dict: Map
 def _staging_folder(target: Path) -> Path:
     """A new hidden folder beside ``target`` (same file system) to assemble a bundle in."""
     temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    temp.chmod(0o755)  # mkdtemp's 0700 would make a shipped or shared bundle unreadable to others
+    # mkdtemp's 0700 would make a shipped or shared bundle unreadable to others: the umask decides
+    os.chmod(temp, 0o777 & ~_umask())
     return temp
 
 
@@ -348,16 +398,20 @@ def read_config(folder: str | os.PathLike) -> BundleConfig:
         raise BundleError(
             f"{config_path} is not valid JSON ({error}); restore or re-export the bundle"
         ) from None
-    return BundleConfig.from_dict(data, source=str(config_path))
+    try:
+        return BundleConfig.from_dict(data, source=str(config_path))
+    except BundleError as error:
+        if str(config_path) in str(error):
+            raise
+        raise BundleError(f"{config_path}: {error}") from None
 
 
 def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
     """Load a bundle by folder path, catalog name or task alias (``skullstrip``, ``liver``).
 
-    The checksum of ``weights.pt`` is checked before torch reads a byte of it.
+    The checksum of ``weights.pt`` is checked (streamed, after a size check) before torch
+    reads a byte of it.
     """
-    import torch
-
     folder = resolve_bundle(name_or_path)
     config = read_config(folder)
     weights_path = folder / WEIGHTS_FILE
@@ -367,8 +421,24 @@ def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
         raise BundleError(
             f"{folder / CONFIG_FILE} has no weights_sha256; re-save the bundle with save_bundle"
         )
-    data = weights_path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
+    size = weights_path.stat().st_size
+    if size > MAX_WEIGHTS_BYTES:
+        raise BundleError(
+            f"{weights_path} is {size / 2**30:.1f} GiB, far larger than any PocketSeg model "
+            f"(at most {MAX_WEIGHTS_BYTES / 2**30:.0f} GiB): it is not this bundle's weights; re-export the bundle"
+        )
+    # One open file: hashed in blocks, then read by torch from the start, so what torch reads
+    # is what was checked, and memory never holds the file twice.
+    with open(weights_path, "rb") as stream:
+        digest = hashlib.sha256()
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+        state_dict = _load_verified(stream, weights_path, digest.hexdigest(), folder, config)
+    return ModelBundle(config=config, state_dict=state_dict, path=folder)
+
+
+def _load_verified(stream, weights_path: Path, actual: str, folder: Path, config: BundleConfig) -> dict:
+    """The state dict in ``stream`` once ``actual`` (its sha256) matches the catalog and config."""
     shipped = _shipped_entry_at(folder)
     if shipped is not None and shipped.weights_sha256 and actual != shipped.weights_sha256:
         raise BundleError(
@@ -381,8 +451,11 @@ def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
             f"{config.weights_sha256[:12]}...): the file is corrupt, truncated or was replaced; "
             "re-install or re-train the model"
         )
+    import torch  # only now: a refused file never costs the torch import
+
+    stream.seek(0)
     try:
-        state_dict = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        state_dict = torch.load(stream, weights_only=True, map_location="cpu")
     except Exception as error:
         raise BundleError(
             f"{weights_path} cannot be read as PyTorch weights ({type(error).__name__}); "
@@ -392,7 +465,7 @@ def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
         raise BundleError(
             f"{weights_path} does not hold a state_dict (a dict of tensors); re-export the bundle"
         )
-    return ModelBundle(config=config, state_dict=state_dict, path=folder)
+    return state_dict
 
 
 # --- catalogs -------------------------------------------------------------------------------
@@ -490,8 +563,10 @@ def list_bundles() -> list[CatalogEntry]:
 def register_bundle(path: str | os.PathLike, name: str | None = None) -> Path:
     """Copy a bundle into the user catalog (verifying it first) and return its new folder."""
     source = Path(path)
-    bundle = load_bundle(source)  # refuses a corrupt bundle before it enters the catalog
-    target = user_models_dir() / (name or bundle.config.name)
+    if name is not None:
+        check_bundle_name(name)
+    bundle = load_bundle(source)  # refuses a corrupt bundle (and a bad name) before it enters the catalog
+    target = user_models_dir() / check_bundle_name(name or bundle.config.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.resolve() == source.resolve():
         return target

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from pocketseg_core.errors import GridMismatchError
+from pocketseg_core.errors import GridMismatchError, InputImageError
 
 #: the orientation networks see (DICOM/ITK code: axis x runs towards patient Left, y towards
 #: Posterior, z towards Superior); for an axis-aligned image this is the identity direction,
@@ -25,6 +25,55 @@ CANONICAL_ORIENTATION = "LPS"
 #: and spacing, absolute for direction cosines; loose enough for float32 header round trips
 #: (NIfTI), far below anything visible.
 GRID_TOLERANCE = 1e-3
+
+#: voxel sizes (mm) PocketSeg accepts: far beyond any CT or MR (micro-CT ~0.01 mm, thick
+#: slices ~10 mm), but a header written in metres or with a lost scale factor is refused
+MIN_SPACING_MM, MAX_SPACING_MM = 1e-3, 1e3
+
+#: most voxels a resampled grid may have (2 GiB of float32): a head at 0.5 mm is ~0.1 of it;
+#: more means a header with a wrong spacing, which would otherwise exhaust the memory
+MAX_RESAMPLED_VOXELS = 2**29
+
+
+def geometry_problem(spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]) -> str:
+    """What makes a grid unusable, as a phrase (``""`` when it is fine): spacing not finite or
+    outside [:data:`MIN_SPACING_MM`, :data:`MAX_SPACING_MM`], origin not finite, or a direction
+    matrix that is not orthonormal (sheared or scaled axes: no NIfTI, no mask overlay can
+    reproduce such a grid voxel-exactly, and resampling through it would move the mask).
+    """
+    spacing_values = np.asarray(spacing, dtype=float)
+    dim = len(spacing_values)
+    if not np.all(np.isfinite(spacing_values)) or np.any(spacing_values <= 0):
+        return f"its voxel spacing {_fmt(spacing_values)} mm is not a set of positive numbers"
+    if np.any(spacing_values < MIN_SPACING_MM) or np.any(spacing_values > MAX_SPACING_MM):
+        return (
+            f"its voxel spacing {_fmt(spacing_values)} mm is outside {MIN_SPACING_MM:g}..{MAX_SPACING_MM:g} mm "
+            f"(a header in metres, or a lost scale factor?)"
+        )
+    if not np.all(np.isfinite(np.asarray(origin, dtype=float))):
+        return f"its origin {_fmt(origin)} is not finite"
+    matrix = np.asarray(direction, dtype=float).reshape(dim, dim)
+    if not np.all(np.isfinite(matrix)) or not np.allclose(
+        matrix.T @ matrix, np.eye(dim), rtol=0, atol=GRID_TOLERANCE
+    ):
+        return (
+            f"its direction matrix {_fmt(matrix.ravel())} is not orthonormal (sheared or scaled axes), "
+            f"which no mask can overlay voxel-exactly"
+        )
+    return ""
+
+
+def check_geometry(image: sitk.Image, name: str = "image") -> None:
+    """Refuse an image whose grid cannot be used (see :func:`geometry_problem`).
+
+    Raises:
+        InputImageError: one sentence naming the problem and what to do.
+    """
+    problem = geometry_problem(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    if problem:
+        raise InputImageError(
+            f"{name}: {problem}. Fix the header (spacing, origin, direction) or re-export the image."
+        )
 
 
 def grid_tolerance_mm(spacing: Sequence[float], tol: float = GRID_TOLERANCE) -> float:
@@ -181,7 +230,15 @@ def resampled_grid(
         raise ValueError(f"spacing must be positive, got {tuple(wanted)}.")
     old_size = np.asarray(image.GetSize(), dtype=float)
     # Round half up (not numpy's half-to-even) so sizes are predictable.
-    new_size = np.maximum(1, np.floor(old_size * old_spacing / new_spacing + 0.5)).astype(int)
+    new_size = np.maximum(1, np.floor(old_size * old_spacing / new_spacing + 0.5))
+    if not np.all(np.isfinite(new_size)) or float(np.prod(new_size)) > MAX_RESAMPLED_VOXELS:
+        extent = "x".join(f"{v:.4g}" for v in old_size * old_spacing)
+        raise InputImageError(
+            f"the image covers {extent} mm: at {_fmt(new_spacing)} mm that is "
+            f"{float(np.prod(new_size)):.3g} voxels, more than PocketSeg handles ({MAX_RESAMPLED_VOXELS:.3g}); "
+            f"check the voxel spacing in the image header."
+        )
+    new_size = new_size.astype(int)
     direction = np.asarray(image.GetDirection(), dtype=float).reshape(dim, dim)
     centre = np.asarray(image.GetOrigin()) + direction @ ((old_size - 1) * old_spacing / 2)
     new_origin = centre - direction @ ((new_size - 1) * new_spacing / 2)

@@ -6,9 +6,14 @@ Every image PocketSeg touches enters through :func:`read_image` and leaves throu
 
 Checks happen where the problem can be named best:
 
-- :func:`read_image` refuses what can never be a volume: a missing or unreadable file, a 2D
-  image or a single slice, a 4D image with more than one volume, a vector image, zero voxels,
-  NaN or infinite voxels.
+- :func:`read_image` refuses what can never be a volume: a missing or unreadable file, a
+  pipe or device instead of a file, a 2D image or a single slice, a 4D image with more than
+  one volume, a vector image, zero voxels, NaN or infinite voxels, a grid with an unusable
+  spacing or a sheared direction (:func:`pocketseg_core.geometry.check_geometry`). Before
+  any voxel is read, the header is checked against the file (:func:`check_image_file`): a
+  truncated file, or a header claiming more voxels than the file or the memory can hold, is
+  refused without allocating them; NIfTI voxels are scanned for NaN/infinity in the file,
+  because ITK's NIfTI reader silently turns them into 0.
 - :func:`check_image_content` is what inference calls on top: it additionally refuses a
   constant image (nothing to segment). Label files may legitimately be all zero (an empty
   reference), so reading does not refuse constant images.
@@ -16,16 +21,21 @@ Checks happen where the problem can be named best:
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import logging
 import os
 import shutil
+import stat
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from pocketseg_core.errors import GridMismatchError, ImageWriteError, InputImageError, PocketSegError
+from pocketseg_core.geometry import check_geometry, geometry_problem
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +44,43 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha"
 
 #: endings of detached-header formats whose header names a separate data file
 _DETACHED_HEADER_EXTENSIONS = (".nhdr", ".mhd")
+
+#: most voxels an input may have (a 1024x1024x2048 CT is 2**31); more is a lying header
+MAX_INPUT_VOXELS = 2**32
+
+#: deflate (gzip, zlib: .nii.gz, compressed NRRD and MHA) never compresses by more than
+#: 1032:1, so a header claiming more data than this times the file size is impossible
+_DEFLATE_MAX_RATIO = 1100
+
+#: NIfTI datatype codes of real floating-point voxels -> numpy type (without byte order)
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+_SCAN_BLOCK = 1 << 22
+
+
+def itk_path(path: str | os.PathLike) -> str:
+    """``path`` as a string ITK can open, whatever the locale.
+
+    Under an ASCII locale (``LANG=C`` without UTF-8 mode, as in some Slicer or cron setups)
+    Python keeps the undecodable bytes of a non-ASCII file name as surrogates, which SimpleITK
+    cannot encode (the process aborts). The original bytes are recovered and decoded as UTF-8,
+    which is what SimpleITK passes to the file system.
+
+    Raises:
+        InputImageError: the name is not valid UTF-8 either (rename the file).
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(text).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputImageError(
+            f"{text.encode('ascii', 'replace').decode()}: the file name is neither ASCII nor UTF-8, so "
+            f"it cannot be opened by the image library; rename the file (or its folder)."
+        ) from None
 
 
 def image_extension(path: str | os.PathLike) -> str:
@@ -88,16 +135,174 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
+        check_image_file(path)
         try:
-            image = sitk.ReadImage(str(path))
+            image = sitk.ReadImage(itk_path(path))
         except RuntimeError as error:
             raise InputImageError(
                 f"{path}: cannot be read as an image ({_first_line(error)}). "
                 f"PocketSeg reads NIfTI, NRRD, MHA/MHD files and DICOM series folders."
             ) from error
     image = _as_3d_scalar(image, path)
+    check_geometry(image, str(path))
     _check_finite_and_nonempty(image, str(path))
     return image
+
+
+def check_image_file(path: str | os.PathLike) -> None:
+    """Check an image file against its own header before any voxel is read.
+
+    Refuses, each with one sentence: a pipe, device or socket (reading one would block); a
+    header ITK cannot read; more voxels than :data:`MAX_INPUT_VOXELS` or than the machine's
+    memory holds; an unusable grid (spacing, origin, direction); data shorter than the header
+    says (an uncompressed file, or a deflate-compressed one that could not hold that much);
+    and for NIfTI (``.nii``/``.nii.gz``) a truncated or corrupt file or NaN/infinite voxels,
+    found by streaming through the file (never holding more than a few MB).
+
+    Raises:
+        InputImageError: the file cannot be a usable image.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise InputImageError(f"{path}: cannot be opened ({error.strerror or error}).") from None
+    if not stat.S_ISREG(mode):
+        raise InputImageError(
+            f"{path}: is not a regular file (a pipe, device or socket); save the image to a file first."
+        )
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(itk_path(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputImageError(
+            f"{path}: cannot be read as an image ({_first_line(error)}). "
+            f"PocketSeg reads NIfTI, NRRD, MHA/MHD files and DICOM series folders."
+        ) from error
+    size = [int(s) for s in reader.GetSize()]
+    voxels = float(np.prod(size, dtype=float))
+    shape = "x".join(str(s) for s in size)
+    if voxels > MAX_INPUT_VOXELS:
+        raise InputImageError(
+            f"{path}: the header claims {shape} = {voxels:.3g} voxels, more than PocketSeg reads "
+            f"({MAX_INPUT_VOXELS:.3g}); the header is wrong or the image must be cropped first."
+        )
+    data_bytes = voxels * reader.GetNumberOfComponents() * _bytes_per_component(reader.GetPixelID())
+    memory = _physical_memory()
+    if memory is not None and data_bytes > memory:
+        raise InputImageError(
+            f"{path}: the header claims {shape} voxels ({data_bytes / 2**30:.1f} GiB), more than this "
+            f"machine's memory ({memory / 2**30:.1f} GiB); the header is wrong or the image must be cropped."
+        )
+    dim = len(size)
+    problem = (
+        geometry_problem(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()) if dim >= 2 else ""
+    )
+    if problem and dim in (2, 3):
+        raise InputImageError(
+            f"{path}: {problem}. Fix the header (spacing, origin, direction) or re-export the image."
+        )
+    extension = image_extension(path)
+    if extension in (".nii", ".nii.gz"):
+        _scan_nifti(path)
+    elif extension not in _DETACHED_HEADER_EXTENSIONS:
+        file_size = path.stat().st_size
+        if data_bytes > file_size * _DEFLATE_MAX_RATIO:
+            raise InputImageError(
+                f"{path}: the header claims {shape} voxels ({data_bytes / 2**20:.0f} MiB) but the file "
+                f"has only {file_size} bytes; it is truncated or its header is wrong."
+            )
+
+
+def _bytes_per_component(pixel_id: int) -> int:
+    """Bytes of one component of ``pixel_id`` (a SimpleITK pixel type), 8 when unknown."""
+    sizes = {
+        sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2,
+        sitk.sitkUInt32: 4, sitk.sitkInt32: 4, sitk.sitkFloat32: 4,
+        sitk.sitkVectorUInt8: 1, sitk.sitkVectorInt8: 1, sitk.sitkVectorUInt16: 2, sitk.sitkVectorInt16: 2,
+        sitk.sitkVectorUInt32: 4, sitk.sitkVectorInt32: 4, sitk.sitkVectorFloat32: 4,
+    }  # fmt: skip
+    return sizes.get(pixel_id, 8)
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM of this machine, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _scan_nifti(path: Path) -> None:
+    """Stream through a NIfTI-1/2 file: the data the header promises must all be there, and
+    floating-point voxels must be finite (ITK's reader would turn NaN into 0 silently)."""
+    bad = 0
+    carry = b""
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open if compressed else open)(path, "rb") as stream:
+            layout = _nifti_layout(stream.read(540))
+            if layout is None:
+                return  # not a NIfTI header ITK would read either; ReadImage says why
+            offset, data_bytes, float_type = layout
+            if not compressed and not float_type:
+                remaining = max(0, offset + data_bytes - path.stat().st_size)
+            else:
+                stream.seek(offset)  # a gzip stream seeks by decompressing: nothing is kept
+                remaining = data_bytes
+                itemsize = np.dtype(float_type).itemsize if float_type else 1
+                while remaining > 0:
+                    block = stream.read(min(_SCAN_BLOCK, remaining))
+                    if not block:
+                        break
+                    remaining -= len(block)
+                    if float_type:
+                        data = carry + block
+                        usable = len(data) - len(data) % itemsize
+                        values = np.frombuffer(data[:usable], dtype=float_type)
+                        bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+                        carry = data[usable:]
+    except (OSError, EOFError, zlib.error) as error:
+        raise InputImageError(
+            f"{path}: the file is truncated or corrupt ({error}); re-export or download it again."
+        ) from None
+    if remaining > 0:
+        raise InputImageError(
+            f"{path}: the file is truncated: its header promises {data_bytes} bytes of voxels, "
+            f"{data_bytes - remaining} are there. Re-export or download it again."
+        )
+    if bad:
+        raise InputImageError(
+            f"{path}: has {bad} NaN or infinite voxel(s); PocketSeg needs finite values. "
+            f"Fix the export, or replace them (e.g. by 0) before segmenting."
+        )
+
+
+def _nifti_layout(header: bytes) -> tuple[int, int, str] | None:
+    """(data offset, data bytes, numpy float type or "") from a NIfTI-1 or NIfTI-2 header."""
+    for order in ("<", ">"):
+        if len(header) >= 348 and np.frombuffer(header[:4], order + "i4")[0] == 348:
+            dims = np.frombuffer(header[40:56], order + "i2").astype(np.int64)
+            datatype = int(np.frombuffer(header[70:72], order + "i2")[0])
+            bitpix = int(np.frombuffer(header[72:74], order + "i2")[0])
+            offset = int(np.frombuffer(header[108:112], order + "f4")[0])
+            break
+        if len(header) >= 540 and np.frombuffer(header[:4], order + "i4")[0] == 540:
+            datatype = int(np.frombuffer(header[12:14], order + "i2")[0])
+            bitpix = int(np.frombuffer(header[14:16], order + "i2")[0])
+            dims = np.frombuffer(header[16:80], order + "i8")
+            offset = int(np.frombuffer(header[168:176], order + "i8")[0])
+            break
+    else:
+        return None
+    rank = int(dims[0])
+    if not 1 <= rank <= 7 or bitpix <= 0:
+        return None
+    voxels = int(np.prod([max(int(d), 1) for d in dims[1 : rank + 1]], dtype=object))
+    float_type = order + _NIFTI_FLOAT_TYPES[datatype] if datatype in _NIFTI_FLOAT_TYPES else ""
+    return max(offset, 348), voxels * bitpix // 8, float_type
 
 
 def check_image_content(image: sitk.Image, name: str = "image", allow_constant: bool = False) -> None:
@@ -110,9 +315,12 @@ def check_image_content(image: sitk.Image, name: str = "image", allow_constant: 
             maps, where an empty reference is a legitimate case).
 
     Raises:
-        InputImageError: zero voxels, NaN or infinite voxels, or (unless allowed) a constant image.
+        InputImageError: zero voxels, NaN or infinite voxels, an unusable grid (spacing,
+            sheared direction), or (unless allowed) a constant image.
     """
     _check_finite_and_nonempty(image, name)
+    if image.GetDimension() in (2, 3):
+        check_geometry(image, name)
     if allow_constant:
         return
     values = sitk.GetArrayViewFromImage(image)
@@ -127,7 +335,7 @@ def check_image_content(image: sitk.Image, name: str = "image", allow_constant: 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
     """The largest DICOM series in ``folder`` (sorted by slice position by GDCM)."""
     try:
-        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(itk_path(folder))
     except RuntimeError as error:
         raise InputImageError(f"{folder}: cannot list DICOM series ({_first_line(error)}).") from error
     if not series_ids:
@@ -136,7 +344,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
             f"({', '.join(IMAGE_EXTENSIONS)}) or a folder of DICOM slices."
         )
     files_per_series = {
-        series_id: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_id)
+        series_id: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(itk_path(folder), series_id)
         for series_id in series_ids
     }
     chosen = max(series_ids, key=lambda series_id: len(files_per_series[series_id]))
@@ -218,6 +426,28 @@ def _first_line(error: BaseException) -> str:
 # --------------------------------------------------------------------------- writing
 
 
+def current_umask() -> int:
+    """The process's umask (new files get ``0o666 & ~umask``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS, Windows): read it by setting it back at once
+    os.umask(mask)
+    return mask
+
+
+def give_default_permissions(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give a file made by ``tempfile`` (always 0600, folders 0700) the permissions an ordinary
+    ``open()`` or ``mkdir()`` would: ``0o666`` (folders ``0o777``) less the user's umask, so
+    a file replaced atomically keeps the access others had to the one it replaces."""
+    with contextlib.suppress(OSError, NotImplementedError):
+        os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write ``image`` to ``path`` atomically: a reader sees the old file or the new one, never half.
 
@@ -262,7 +492,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
     try:
         staged = temporary / target.name
         try:
-            sitk.WriteImage(image, str(staged), compress)
+            sitk.WriteImage(image, itk_path(staged), compress)
         except RuntimeError as error:
             raise ImageWriteError(f"{target}: writing failed ({_first_line(error)}).") from error
         produced = sorted(temporary.iterdir(), key=lambda p: p.name == target.name)  # header last
@@ -322,6 +552,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
         handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as error:
         raise PocketSegError(f"{target}: cannot write ({error.strerror or error}).") from error
+    give_default_permissions(temporary)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -345,4 +576,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     Raises:
         PocketSegError: the file cannot be written (missing or read-only folder, disk full).
     """
-    return write_bytes_atomic(path, text.encode("utf-8"))
+    # surrogateescape: a file name kept as undecodable bytes under an ASCII locale is written
+    # back as those (UTF-8) bytes instead of failing
+    return write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))

@@ -1,35 +1,45 @@
 """Segmentation metrics on the physical grid: Dice, Hausdorff (max, mean, 95th), VOE, RVD, ASSD, MSSD.
 
 Definitions (``A`` = reference voxels of the label, ``B`` = prediction voxels, distances in mm
-with the images' spacing; directions do not change distances):
+between voxel centres with the images' spacing; direction and origin do not change distances).
+The conventions, and PocketSeg's values beside MedPy, MONAI and SimpleITK on real pairs, are in
+``docs/metrics.md``.
 
 - ``dice`` = 2|A∩B| / (|A|+|B|).
 - ``hd_max``, ``hd_mean``: SimpleITK's ``HausdorffDistanceImageFilter`` on the two masks
   (all voxels, not only surfaces), as in the PocketNet paper (section 3):
   ``GetHausdorffDistance()`` = max of the two directed maximum distances,
   ``GetAverageHausdorffDistance()`` = mean of the two directed mean distances.
-- Surface distances (``hd95``, ``assd``, ``mssd``): the surface of a mask is its label-contour
-  voxels (``sitk.LabelContour``, face connectivity: a voxel of the mask with a face neighbour
-  outside it; the image border counts as outside). Each surface voxel of one mask gets its
-  distance to the nearest surface voxel of the other (``sitk.SignedMaurerDistanceMap``, whose
-  zero set is exactly those contour voxels), giving two sets of distances ``d(A→B)``, ``d(B→A)``.
-  ``hd95`` = 95th percentile of both sets pooled (as MedPy's ``hd95``, used for LiTS);
-  ``assd`` = mean of both sets pooled; ``mssd`` = max of both (the LiTS challenge definitions
-  the LV-Net paper reports).
+- Surface distances (``hd95``, ``assd``, ``mssd``), exactly MedPy's convention
+  (``medpy.metric.binary.hd95`` / ``assd`` / ``hd``): the surface of a mask is the set of its
+  voxels with a face neighbour outside it (``mask`` minus its erosion by the 6-neighbour cross;
+  the image border counts as outside). Each surface voxel of one mask gets the Euclidean
+  distance from its centre to the nearest surface-voxel centre of the other mask, giving
+  ``d(A→B)`` and ``d(B→A)``.
+  ``hd95`` = 95th percentile (linear interpolation) of both sets pooled (MedPy's ``hd95``);
+  ``assd`` = mean of both sets pooled, (Σ d(A→B) + Σ d(B→A)) / (|∂A| + |∂B|) (MedPy's
+  ``assd``, MONAI's symmetric average surface distance);
+  ``mssd`` = max of both sets (MedPy's ``hd``, the LiTS "maximum symmetric surface distance").
 - ``voe`` = 1 - |A∩B| / |A∪B|.
 - ``rvd`` = (|B| - |A|) / |A|, signed: positive when the prediction is larger than the
   reference (over-segmentation), negative when smaller; -1 when the prediction is empty.
 
-Empty masks (no NaN, no exception):
+Empty masks (MedPy raises an exception for them; PocketSeg does not, except as said):
 
-- both empty: perfect — dice 1, voe 0, rvd 0, every distance 0;
-- one empty: worst — dice 0, voe 1, every distance = the diagonal of the reference image's
-  field of view (:func:`pocketseg_core.geometry.physical_diagonal`), rvd = -1 when the
-  prediction is empty and, by convention, rvd = +1 when the reference is empty (|B|/|A| is
-  undefined there; +1 keeps the sign "prediction too large" and stays finite).
+- the label is absent from both images: :func:`compute_metrics` refuses it
+  (:class:`InputImageError`: almost always a wrong ``--label``) unless ``allow_absent`` is set;
+  then, as :func:`metrics_from_masks` always does, the result is perfect: dice 1, voe 0,
+  rvd 0, every distance 0;
+- one empty: an :class:`EmptyMaskWarning` and the worst values: dice 0, voe 1, every distance =
+  the diagonal of the reference image's field of view
+  (:func:`pocketseg_core.geometry.physical_diagonal`), rvd = -1 when the prediction is empty
+  and, by convention, rvd = +1 when the reference is empty (|B|/|A| is undefined there; +1
+  keeps the sign "prediction too large" and stays finite).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,6 +56,10 @@ DISTANCE_METRICS: tuple[str, ...] = ("hd_max", "hd_mean", "hd95", "assd", "mssd"
 
 #: rvd when the reference is empty and the prediction is not (see the module docstring)
 RVD_EMPTY_REFERENCE = 1.0
+
+
+class EmptyMaskWarning(UserWarning):
+    """Exactly one of the two masks is empty: the distances are the field-of-view diagonal."""
 
 
 def dice(reference: np.ndarray | sitk.Image, prediction: np.ndarray | sitk.Image) -> float:
@@ -71,7 +85,11 @@ def dice(reference: np.ndarray | sitk.Image, prediction: np.ndarray | sitk.Image
 
 
 def compute_metrics(
-    reference: sitk.Image, prediction: sitk.Image, label: int = 1, resample: bool = False
+    reference: sitk.Image,
+    prediction: sitk.Image,
+    label: int = 1,
+    resample: bool = False,
+    allow_absent: bool = False,
 ) -> dict[str, float]:
     """All eight metrics of ``prediction`` against ``reference`` for one label value.
 
@@ -83,13 +101,19 @@ def compute_metrics(
         label: the label value compared (voxels equal to it form each mask).
         resample: when the grids differ, resample the prediction onto the reference grid with
             nearest neighbour instead of refusing.
+        allow_absent: a label absent from both images gives the perfect score instead of an
+            error (for batches where a case may legitimately have neither, e.g. training).
 
     Returns:
         ``{name: value}`` for every name in :data:`METRIC_NAMES`, in that order; all finite.
 
     Raises:
         GridMismatchError: the grids differ and ``resample`` is false (the message says how).
-        InputImageError: an image has no voxels.
+        InputImageError: an image has no voxels, or (unless ``allow_absent``) the label is
+            in neither image.
+
+    Warns:
+        EmptyMaskWarning: the label is in one image only (the values are the worst ones).
     """
     if reference.GetNumberOfComponentsPerPixel() != 1 or prediction.GetNumberOfComponentsPerPixel() != 1:
         raise InputImageError("metrics need scalar label maps, not vector images.")
@@ -107,6 +131,23 @@ def compute_metrics(
 
     reference_mask = _label_mask(reference, label)
     prediction_mask = _label_mask(prediction, label)
+    reference_empty, prediction_empty = not reference_mask.any(), not prediction_mask.any()
+    if reference_empty and prediction_empty and not allow_absent:
+        present = sorted(set(_labels_present(reference)) | set(_labels_present(prediction)))
+        raise InputImageError(
+            f"label {label} is in neither the reference nor the prediction (labels present: "
+            f"{', '.join(str(v) for v in present) or 'none, both are empty'}); choose the label to "
+            f"compare with --label."
+        )
+    if reference_empty != prediction_empty:
+        which = "reference" if reference_empty else "prediction"
+        warnings.warn(
+            f"label {label} is absent from the {which}: the distances are the reference image's "
+            f"field-of-view diagonal ({physical_diagonal(reference):.1f} mm), dice 0, voe 1, "
+            f"rvd {'+1' if reference_empty else '-1'} (see docs/metrics.md).",
+            EmptyMaskWarning,
+            stacklevel=2,
+        )
     spacing = tuple(float(s) for s in reference.GetSpacing())
     return metrics_from_masks(reference_mask, prediction_mask, spacing, physical_diagonal(reference))
 
@@ -152,6 +193,15 @@ def _label_mask(image: sitk.Image, label: int) -> np.ndarray:
     return values == label
 
 
+def _labels_present(image: sitk.Image, limit: int = 10) -> list[int]:
+    """Up to ``limit`` non-zero label values of ``image`` (floats rounded), for messages."""
+    values = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(values.dtype, np.floating):
+        values = np.rint(values)
+    present = np.unique(values)
+    return [int(v) for v in present[present != 0][:limit]]
+
+
 def _cropped_images(
     reference_mask: np.ndarray, prediction_mask: np.ndarray, spacing: tuple[float, ...]
 ) -> tuple[sitk.Image, sitk.Image]:
@@ -182,8 +232,11 @@ def _hausdorff(reference_image: sitk.Image, prediction_image: sitk.Image) -> dic
 
 
 def _surface_distances(reference_image: sitk.Image, prediction_image: sitk.Image) -> dict[str, float]:
-    reference_to_prediction = _directed_surface_distances(reference_image, prediction_image)
-    prediction_to_reference = _directed_surface_distances(prediction_image, reference_image)
+    reference_surface = surface_voxels(sitk.GetArrayViewFromImage(reference_image) > 0)
+    prediction_surface = surface_voxels(sitk.GetArrayViewFromImage(prediction_image) > 0)
+    spacing = reference_image.GetSpacing()
+    reference_to_prediction = _directed_surface_distances(reference_surface, prediction_surface, spacing)
+    prediction_to_reference = _directed_surface_distances(prediction_surface, reference_surface, spacing)
     pooled = np.concatenate([reference_to_prediction, prediction_to_reference])
     return {
         "hd95": float(np.percentile(pooled, 95)),
@@ -192,18 +245,45 @@ def _surface_distances(reference_image: sitk.Image, prediction_image: sitk.Image
     }
 
 
-def _directed_surface_distances(source: sitk.Image, target: sitk.Image) -> np.ndarray:
-    """Distance (mm) from every surface voxel of ``source`` to the nearest surface voxel of ``target``."""
-    # Keep the contour image alive while its array view is read (a view does not own the buffer).
-    source_contour = sitk.LabelContour(source, fullyConnected=False)
-    source_surface = sitk.GetArrayViewFromImage(source_contour) > 0
-    # |signed Maurer map| is the distance to the target's contour voxels, inside and outside.
-    # ITK computes it in float32: distances carry a relative error of about 2e-5.
-    target_distance = sitk.SignedMaurerDistanceMap(
-        target, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask`` with a face neighbour outside it (MedPy's surface).
+
+    Args:
+        mask: boolean array of any dimension.
+
+    Returns:
+        Boolean array of the same shape: ``mask`` minus its erosion by the cross of face
+        neighbours, the image border counting as outside (scipy's ``binary_erosion`` with
+        ``border_value=0``, as MedPy calls it).
+    """
+    padded = np.pad(mask, 1, mode="constant", constant_values=False)
+    interior = padded.copy()
+    for axis in range(mask.ndim):
+        for shift in (1, -1):
+            interior &= np.roll(padded, shift, axis=axis)  # the pad frame stops wrap-around
+    core = tuple(slice(1, -1) for _ in range(mask.ndim))
+    return mask & ~interior[core]
+
+
+def _directed_surface_distances(
+    source_surface: np.ndarray, target_surface: np.ndarray, spacing: tuple[float, ...]
+) -> np.ndarray:
+    """Distance (mm) from every ``source_surface`` voxel centre to the nearest ``target_surface`` one.
+
+    Args:
+        source_surface, target_surface: boolean arrays ``(z, y, x)`` on one grid; the target
+            has at least one voxel.
+        spacing: voxel size ``(x, y, z)`` in mm.
+    """
+    target = sitk.GetImageFromArray(target_surface.astype(np.uint8))
+    target.SetSpacing(spacing)
+    # Maurer's map is exact (Euclidean, not chamfer). Measured on the surface *set* itself, every
+    # voxel off the set is outside it, where the map is the distance to the nearest voxel of the
+    # set (the nearest voxel of a set seen from outside is always on the set's own boundary).
+    distance_map = sitk.SignedMaurerDistanceMap(
+        target, insideIsPositive=False, squaredDistance=True, useImageSpacing=True, backgroundValue=0.0
     )
-    distances = np.abs(sitk.GetArrayViewFromImage(target_distance)[source_surface]).astype(np.float64)
-    # The map is float32: make voxels on both surfaces exactly 0 instead of ~1e-7 mm.
-    target_contour = sitk.LabelContour(target, fullyConnected=False)
-    distances[sitk.GetArrayViewFromImage(target_contour)[source_surface] > 0] = 0.0
-    return distances
+    squared = np.abs(sitk.GetArrayViewFromImage(distance_map)[source_surface]).astype(np.float64)
+    squared[target_surface[source_surface]] = 0.0  # on both surfaces: exactly 0
+    # Squared distances are sums of squared spacings, exact in float32 for ordinary spacings.
+    return np.sqrt(squared)

@@ -99,8 +99,60 @@ def looks_like_ct(volume: np.ndarray) -> bool:
     return bool(np.mean(sample < -500) > 0.01)
 
 
+#: at most this many distinct integer values: a label map, not a CT or MR (real ones have hundreds)
+LABEL_MAP_MAX_VALUES = 64
+
+#: mean absolute difference of neighbouring voxels over the standard deviation, along the
+#: smoothest axis, above which an image is noise: real CT and MR (the sample heads and CTs,
+#: even a 2 mm low-resolution T1) stay below 0.4; independent noise gives 2/sqrt(pi) = 1.13
+NOISE_ROUGHNESS = 0.7
+
+
+def _sample(volume: np.ndarray, target: int = 2_000_000) -> np.ndarray:
+    """A regular sub-grid of ``volume`` with about ``target`` voxels (neighbours stay neighbours
+    along the last axis, which :func:`looks_like_noise` compares)."""
+    step = max(1, int(round((volume.size / target) ** (1 / 3))))
+    return volume[::step, ::step, :] if volume.ndim == 3 else volume
+
+
+def looks_like_label_map(volume: np.ndarray) -> int | None:
+    """The number of distinct values when ``volume`` holds only a few integers (a label map given
+    as an image), else None."""
+    sample = _sample(volume)
+    if np.issubdtype(sample.dtype, np.floating) and not np.array_equal(sample, np.rint(sample)):
+        return None
+    distinct = np.unique(sample)
+    return int(distinct.size) if distinct.size <= LABEL_MAP_MAX_VALUES else None
+
+
+def looks_like_noise(volume: np.ndarray) -> bool:
+    """True when neighbouring voxels are as different as any two voxels: no anatomy, only noise."""
+    if volume.ndim != 3 or min(volume.shape) < 2:
+        return False
+    sample = _sample(volume).astype(np.float32)
+    spread = float(sample.std())
+    if spread == 0.0:
+        return False
+    roughness = min(
+        float(np.abs(np.diff(sample, axis=axis)).mean()) for axis in range(3) if sample.shape[axis] > 1
+    )
+    return roughness / spread > NOISE_ROUGHNESS
+
+
 def modality_warning(volume: np.ndarray, modality: str) -> str | None:
-    """A plain-words warning when the image's intensities do not fit the model's modality."""
+    """A plain-words warning when the image does not look like what the model was trained on:
+    a label map given as the image, pure noise, or intensities of the other modality."""
+    distinct = looks_like_label_map(volume)
+    if distinct is not None:
+        return (
+            f"the image holds only {distinct} distinct integer values: it looks like a label map or "
+            f"a mask, not {'an MR' if modality == 'MR' else 'a CT'} image; the result is likely meaningless"
+        )
+    if looks_like_noise(volume):
+        return (
+            "neighbouring voxels are as different as any two voxels: the image looks like pure "
+            "noise, not anatomy; the result is likely meaningless"
+        )
     is_ct = looks_like_ct(volume)
     if modality == "CT" and not is_ct:
         return (

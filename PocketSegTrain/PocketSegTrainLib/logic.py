@@ -150,6 +150,9 @@ class PocketSegTrainLogic:
         if model_name is None and resume and (run_dir / "run.json").is_file():
             model_name = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["config"]["name"]
         model_name = model_name or f"{preset}-slicer-{time.strftime('%Y%m%d-%H%M%S')}"
+        from pocketseg_core.bundles import check_bundle_name
+
+        check_bundle_name(model_name)  # it names a catalog folder: one plain folder name, before any work
         settings: dict[str, Any] = {"name": model_name, "folds": int(folds)}
         settings["device"] = device_name(device)
         if epochs is not None:

@@ -79,7 +79,7 @@ def case_metrics(item: CaseData, prediction_node: Any) -> dict[str, float]:
     exported = segmentation.segment_image_on_volume(
         prediction_node, prediction_node.GetSegmentation().GetNthSegmentID(0), item.case.volume_node
     )
-    return compute_metrics(item.label, exported, label=1)
+    return compute_metrics(item.label, exported, label=1, allow_absent=True)
 
 
 def metrics_table(context: SlicerContext, rows: list[tuple[str, dict[str, float]]], name: str) -> Any:

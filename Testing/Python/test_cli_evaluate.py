@@ -92,9 +92,12 @@ def test_label_option_selects_the_label(tmp_path: Path, capsys) -> None:
     labels = cube_array() * 5
     reference = write_mask(tmp_path / "ref.nii.gz", labels)
     prediction = write_mask(tmp_path / "pred.nii.gz", np.roll(labels, 1, axis=1))
-    assert (
-        run_json(capsys, "--reference", str(reference), "--prediction", str(prediction))["dice"] == 1.0
-    )  # no label 1
+    # label 1 is in neither file: one sentence, no perfect score
+    assert main(["evaluate", "--reference", str(reference), "--prediction", str(prediction), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "label 1 is in neither the reference nor the prediction (labels present: 5)" in captured.err
+    assert "Traceback" not in captured.err
     result = run_json(capsys, "--reference", str(reference), "--prediction", str(prediction), "--label", "5")
     assert result["hd_max"] == pytest.approx(1.2)
 
@@ -108,6 +111,36 @@ def test_different_grids_fail_clearly_and_resample_on_request(tmp_path: Path, ca
     assert "voxel grids differ (origin" in captured.err and "--resample" in captured.err
     result = run_json(capsys, "--reference", str(reference), "--prediction", str(moved), "--resample")
     assert result["hd_max"] == pytest.approx(2.5)
+
+
+def test_one_empty_mask_prints_a_warning_and_the_documented_values(tmp_path: Path, capsys) -> None:
+    reference = write_mask(tmp_path / "ref.nii.gz", cube_array())
+    empty = write_mask(tmp_path / "empty.nii.gz", np.zeros((12, 14, 16), np.uint8))
+    result = run_json(capsys, "--reference", str(reference), "--prediction", str(empty))
+    diagonal = float(np.linalg.norm(np.array([16, 14, 12]) * np.array(SPACING)))
+    assert result["dice"] == 0.0 and result["rvd"] == -1.0
+    assert result["hd95"] == pytest.approx(diagonal)
+    assert main(["evaluate", "--reference", str(reference), "--prediction", str(empty)]) == 0
+    assert "warning: label 1 is absent from the prediction" in capsys.readouterr().err
+
+
+def test_csv_output_on_an_input_is_refused_and_the_input_kept(tmp_path: Path, capsys) -> None:
+    reference = write_mask(tmp_path / "ref.nii.gz", cube_array())
+    before = reference.read_bytes()
+    code = main(
+        [
+            "evaluate",
+            "--reference",
+            str(reference),
+            "--prediction",
+            str(reference),
+            "--output",
+            str(reference),
+        ]
+    )
+    assert code == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert reference.read_bytes() == before
 
 
 def test_missing_file_is_an_error_not_a_traceback(tmp_path: Path, capsys) -> None:

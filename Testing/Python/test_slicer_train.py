@@ -42,7 +42,7 @@ from PocketSegTrainLib.curves import QUANTITIES, series_column  # noqa: E402
 from PocketSegTrainLib.logic import PocketSegTrainLogic  # noqa: E402
 from PocketSegTrainLib.results import table_rows  # noqa: E402
 
-from pocketseg_core.errors import Cancelled, DatasetError  # noqa: E402
+from pocketseg_core.errors import BundleError, Cancelled, DatasetError  # noqa: E402
 from pocketseg_core.metrics import METRIC_NAMES, compute_metrics  # noqa: E402
 
 HEADS = {
@@ -311,10 +311,14 @@ def slicer_shape(volume) -> tuple[int, int, int]:
 def phantom_case(context, name: str, empty: bool = False) -> TrainingCase:
     array = np.zeros((12, 14, 16), dtype=np.float32)
     array[3:9, 4:10, 5:11] = 100.0
+    inside = array > 0
+    array += (
+        np.random.default_rng(len(name)).normal(0.0, 5.0, array.shape).astype(np.float32)
+    )  # not a label map
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((2.0, 2.0, 2.0))
     volume = volume_node_from_image(context.scene, image, name)
-    mask = sitk.GetImageFromArray(((array > 0) & (not empty)).astype(np.uint8))
+    mask = sitk.GetImageFromArray((inside & (not empty)).astype(np.uint8))
     mask.CopyInformation(image)
     segmentation = write_mask_to_segmentation(context, volume, mask, BRAIN)
     return TrainingCase(volume, segmentation, "Brain")
@@ -335,6 +339,10 @@ def test_bad_input_gives_clear_errors(tmp_path):
     prepared = logic.prepare(cases, "pocketnet-lits", tmp_path / "d", folds=2)
     assert any("expects CT" in warning for warning in prepared.warnings)
     assert not (tmp_path / "d").exists()  # nothing written before the run starts
+    for bad_name in ("../outside", str(tmp_path / "abs"), "a/b"):  # a model name names a catalog folder
+        with pytest.raises(BundleError, match="a model name is one folder name"):
+            logic.prepare(cases, "pocketnet-nfbs", tmp_path / "e", folds=2, model_name=bad_name)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "abs").exists()
 
 
 # --- the module's files -----------------------------------------------------------------------

@@ -13,12 +13,14 @@ import csv
 import io as text_io
 import json
 import math
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from pocketseg_core.errors import InputImageError, PocketSegError
 from pocketseg_core.io import is_image_file, read_image, strip_image_extension, write_text_atomic
-from pocketseg_core.metrics import DISTANCE_METRICS, METRIC_NAMES, compute_metrics
+from pocketseg_core.metrics import DISTANCE_METRICS, METRIC_NAMES, EmptyMaskWarning, compute_metrics
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,10 +47,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output is not None:
+        for source in (args.reference, args.prediction):
+            if source.exists() and args.output.exists() and os.path.samefile(args.output, source):
+                raise PocketSegError(
+                    f"--output {args.output} would overwrite the input {source}; choose another file for the table"
+                )
     if _is_batch(args.reference) or _is_batch(args.prediction):
         return _run_batch(args)
-    metrics = compute_metrics(
-        read_image(args.reference), read_image(args.prediction), label=args.label, resample=args.resample
+    metrics = _metrics_printing_warnings(
+        read_image(args.reference), read_image(args.prediction), args.label, args.resample, ""
     )
     if args.output:
         _write_csv({strip_image_extension(args.prediction): metrics}, args.output)
@@ -102,11 +110,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     rows: dict[str, dict[str, float]] = {}
     for case, reference_path in references.items():
         try:
-            rows[case] = compute_metrics(
-                read_image(reference_path),
-                read_image(predictions[case]),
-                label=args.label,
-                resample=args.resample,
+            rows[case] = _metrics_printing_warnings(
+                read_image(reference_path), read_image(predictions[case]), args.label, args.resample, case
             )
         except PocketSegError as error:
             raise type(error)(f"case {case}: {error}") from error
@@ -118,6 +123,21 @@ def _run_batch(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows | {"mean": mean}))
     return 0
+
+
+def _metrics_printing_warnings(
+    reference, prediction, label: int, resample: bool, case: str
+) -> dict[str, float]:
+    """:func:`compute_metrics`, its empty-mask warning printed as one line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EmptyMaskWarning)
+        metrics = compute_metrics(reference, prediction, label=label, resample=resample)
+    for warning in caught:
+        if issubclass(warning.category, EmptyMaskWarning):
+            print(f"warning: {f'case {case}: ' if case else ''}{warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return metrics
 
 
 def mean_metrics(rows) -> dict[str, float]:

@@ -74,6 +74,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "the model's hole filling runs either way)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="segment on a PocketSeg server (pocketseg serve) instead of here, e.g. http://gpu-box:8765",
+    )
+    parser.add_argument("--token-file", help="with --server: file holding the server's token")
     parser.set_defaults(command="predict")
     return parser
 
@@ -98,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise PocketSegError(f"--batch-size must be at least 1, got {args.batch_size}")
     jobs = plan_jobs(Path(args.input), Path(args.output), args.probabilities, args.masked_volume)
+    if args.server:
+        from pocketseg_core.cli.predict_remote import run_remote
+
+        return run_remote(args, jobs)
+    if args.token_file:
+        raise PocketSegError("--token-file goes with --server URL; without --server the model runs here")
     bundle = load_bundle(args.model or args.task)
     options = InferenceOptions(
         device=args.device,
@@ -121,6 +133,15 @@ def run(args: argparse.Namespace) -> int:
                 raise
             failures += 1
             print(f"pocketseg predict: {job.input}: error: {error}", file=sys.stderr)
+        except Exception as error:  # a defect, not the user's: one bad file must not stop the batch
+            if len(jobs) == 1:
+                raise
+            failures += 1
+            print(
+                f"pocketseg predict: {job.input}: unexpected error ({type(error).__name__}: {error}); "
+                f"skipped, please report it",
+                file=sys.stderr,
+            )
     if len(jobs) > 1:
         print(f"{len(jobs) - failures} of {len(jobs)} images segmented")
     return 1 if failures else 0
@@ -178,7 +199,51 @@ def plan_jobs(
         for target in (job.output, job.probabilities, job.masked_volume):
             if target is not None:
                 check_writable(target)
+    check_no_aliasing(jobs)
     return jobs
+
+
+def _file_key(path: Path) -> tuple:
+    """What identifies the file ``path`` names: device and inode when it exists (so links and
+    hard links count as the same file), else its resolved path."""
+    try:
+        status = path.stat()
+        return ("inode", status.st_dev, status.st_ino)
+    except OSError:
+        return ("path", str(path.resolve()))
+
+
+def check_no_aliasing(jobs: list[PredictJob]) -> None:
+    """Refuse outputs that would overwrite an input or each other, before any work.
+
+    Raises:
+        PocketSegError: names the paths that collide.
+    """
+    inputs = {
+        key: job.input for job in jobs for key in (_file_key(job.input), ("path", str(job.input.resolve())))
+    }
+    outputs: dict[tuple, tuple[str, Path]] = {}
+    for job in jobs:
+        for option, target in (
+            ("--output", job.output),
+            ("--probabilities", job.probabilities),
+            ("--masked-volume", job.masked_volume),
+        ):
+            if target is None:
+                continue
+            keys = {_file_key(target), ("path", str(target.resolve()))}
+            for key in keys:
+                if key in inputs:
+                    raise PocketSegError(
+                        f"{option} {target} would overwrite the input {inputs[key]}; choose another output path"
+                    )
+                if key in outputs:
+                    other_option, _ = outputs[key]
+                    raise PocketSegError(
+                        f"{option} and {other_option} both write {target}; give each output its own path"
+                    )
+            for key in keys:
+                outputs[key] = (option, target)
 
 
 def check_writable(path: Path) -> None:

@@ -3,6 +3,7 @@
 Run folder layout (``output_dir``)::
 
     run.json              config, cases, status ("incomplete" until the very end)
+    .pocketseg-run.lock   held while a run uses the folder (training.runlock)
     INCOMPLETE            marker file, removed when the run has finished
     folds.json            subjects (and case ids) of every fold, with the seed
     fold_K/last.pt        training state after the last finished epoch (resume point)
@@ -34,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from pocketseg_core.bundles import BundleConfig, LabelInfo, load_bundle, save_bundle
-from pocketseg_core.errors import Cancelled, PocketSegError
+from pocketseg_core.errors import Cancelled, DatasetError, PocketSegError
 from pocketseg_core.metrics import dice
 from pocketseg_core.training import datasets
 from pocketseg_core.training.augment import build_augmentation
@@ -58,6 +60,7 @@ from pocketseg_core.training.report import (
     write_csv,
     write_summary,
 )
+from pocketseg_core.training.runlock import locked_run
 from pocketseg_core.training.sampling import TrainingVolume, prepare_volume, round_up_to_divisor, sample_batch
 
 logger = logging.getLogger(__name__)
@@ -220,7 +223,7 @@ def _validation_scores(
             overlap=config.validation_overlap,
             batch_size=config.batch_size,
             device=device,
-            amp=config.amp,
+            precision="float32",  # validation runs the network as inference does
             fallback_device=None,
         )
         prediction = probabilities.argmax(dim=0).numpy()
@@ -474,6 +477,27 @@ def run_cross_validation(
     callbacks: Any = None,
     distributed: DistributedContext | None = None,
 ) -> CrossValidationResult:
+    """Train ``config.folds`` folds on ``config.dataset`` and report out-of-fold accuracy, holding
+    the run folder's lock (:mod:`pocketseg_core.training.runlock`: one run per folder; a run
+    that fails before its first checkpoint leaves nothing behind).
+
+    Args, Returns and Raises: as :func:`_run_cross_validation`; also a
+    :class:`~pocketseg_core.errors.PocketSegError` when another run holds the folder.
+    """
+    ctx = distributed or context_from_environment(config.distributed_mode)
+    if not ctx.is_main:  # rank 0 holds the lock for the whole process group
+        return _run_cross_validation(config, output_dir, resume, callbacks, ctx)
+    with locked_run(Path(output_dir)):
+        return _run_cross_validation(config, output_dir, resume, callbacks, ctx)
+
+
+def _run_cross_validation(
+    config: TrainingConfig,
+    output_dir: str | Path,
+    resume: bool = False,
+    callbacks: Any = None,
+    distributed: DistributedContext | None = None,
+) -> CrossValidationResult:
     """Train ``config.folds`` folds on ``config.dataset`` and report out-of-fold accuracy.
 
     Args:
@@ -533,12 +557,29 @@ def run_cross_validation(
     if pending:
         progress(0.0, f"preparing {len(cases)} case(s)")
         volumes = {}
+        labelled = 0
         for index, case in enumerate(cases):
-            image, label = datasets.load_case(case)
-            volumes[case.case_id] = prepare_volume(
-                case.case_id, image, label, tuple(config.spacing), config.orientation, config.preprocessing
-            )
+            try:
+                image, label = datasets.load_case(case)
+                labelled += bool(sitk.GetArrayViewFromImage(label).any())
+                volumes[case.case_id] = prepare_volume(
+                    case.case_id,
+                    image,
+                    label,
+                    tuple(config.spacing),
+                    config.orientation,
+                    config.preprocessing,
+                )
+            except Cancelled:
+                raise
+            except (PocketSegError, RuntimeError, ValueError, MemoryError) as error:
+                raise DatasetError(_naming_case(case, error)) from error
             progress(0.02 * (index + 1) / len(cases), f"prepared {case.case_id}")
+        if not labelled:
+            raise DatasetError(
+                f"every one of the {len(cases)} label(s) is empty (no foreground voxel): a model trained on "
+                f"them would only learn background; check the label files and the label values (label_map)"
+            )
     for index, fold in enumerate(my_folds):
         span = (_TRAINING_SHARE * index / len(my_folds), _TRAINING_SHARE * (index + 1) / len(my_folds))
         if fold not in pending:
@@ -552,6 +593,14 @@ def run_cross_validation(
         result = _finish(config, run_dir, folds, cases, device, progress)
     ctx.barrier()
     return result
+
+
+def _naming_case(case: Case, error: BaseException) -> str:
+    """``error``'s message, prefixed with the case it happened on unless it names it already."""
+    message = str(error) if isinstance(error, PocketSegError) else f"{type(error).__name__}: {error}"
+    if case.case_id in message:
+        return message
+    return f"case {case.case_id} ({case.image_path}): {message}"
 
 
 def _finish(
@@ -586,11 +635,18 @@ def _finish(
         bundle = load_bundle(run_dir / f"fold_{fold}" / "bundle")
         network = bundle.build_network(device)
         for case in (c for c in cases if c.subject in subjects):
-            image = read_image(case.image_path)
-            result = segment_image(image, bundle, options, network=network)
-            write_image(result.mask, predictions_dir / f"{case.case_id}.nii.gz")
-            _, reference = datasets.load_case(case)
-            metrics = compute_metrics(reference, result.mask, label=int(config.labels[0]["value"]))
+            try:
+                image = read_image(case.image_path)
+                result = segment_image(image, bundle, options, network=network)
+                write_image(result.mask, predictions_dir / f"{case.case_id}.nii.gz")
+                _, reference = datasets.load_case(case)
+                metrics = compute_metrics(
+                    reference, result.mask, label=int(config.labels[0]["value"]), allow_absent=True
+                )
+            except Cancelled:
+                raise
+            except (PocketSegError, RuntimeError, ValueError, MemoryError) as error:
+                raise DatasetError(_naming_case(case, error)) from error
             rows.append({"case": case.case_id, "subject": case.subject, "fold": fold, **metrics})
             done += 1
             progress(

@@ -166,6 +166,15 @@ def test_plain_and_portal_phases_differ(phantom):
         synthesize_ct(labels, SPACING, np.random.default_rng(0), phase="arterial")
 
 
+def test_float_label_maps_are_read_as_integers_and_negative_values_refused(phantom):
+    labels, ct = phantom
+    as_int = synthesize_ct(labels, SPACING, np.random.default_rng(2), ct_hu=ct)
+    as_float = synthesize_ct(labels.astype(np.float32), SPACING, np.random.default_rng(2), ct_hu=ct)
+    np.testing.assert_array_equal(as_int[1], as_float[1])
+    with pytest.raises(ValueError, match="negative values"):
+        synthesize_ct(labels.astype(np.int16) - 1, SPACING, np.random.default_rng(0))
+
+
 def test_liver_only_mask_without_ct_gets_a_generic_body():
     labels = np.zeros((30, 60, 60), dtype=np.uint8)
     labels[_ellipsoid(labels.shape, (15, 30, 25), (10, 14, 14))] = 1

@@ -73,6 +73,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from pocketseg_core.postprocessing import nonzero_extent
+
 #: tissue classes (uint8 values of the class map)
 TISSUES = (
     "air",
@@ -373,8 +375,7 @@ def add_lesions(
 
 
 def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    from pocketseg_core.postprocessing import nonzero_extent
-
+    """The numpy slices of the non-zero part of ``mask``, or None when it is all zero."""
     extent = nonzero_extent(mask)
     return None if extent is None else tuple(slice(a, b + 1) for a, b in extent)
 
@@ -431,6 +432,10 @@ def synthesize_ct_details(
     label_map = np.asarray(label_map)
     if label_map.ndim != 3:
         raise ValueError(f"label_map must be 3D (z, y, x), got shape {label_map.shape}")
+    if not np.issubdtype(label_map.dtype, np.integer):  # e.g. a label map stored as float
+        label_map = np.rint(label_map).astype(np.int64)
+    if label_map.min() < 0:
+        raise ValueError("label_map has negative values; label maps hold 0 (background) and positive labels")
     spacing_zyx = [float(s) for s in spacing]
     tissues = tissue_map(label_map, mapping, ct_hu, spacing_zyx, rng)
     if deformation:

@@ -198,7 +198,7 @@ CT_CLASS_EDGES_HU = (-300.0, -20.0, 180.0)
 
 @dataclass(frozen=True)
 class SynthesisRanges:
-    """The random ranges of one sample (defaults: the issue's; a recipe may narrow them)."""
+    """The random ranges of one sample (defaults: the ranges of the module docstring; a recipe may narrow them)."""
 
     rotation_degrees: tuple[float, float, float] = (5.0, 5.0, 15.0)  # about x, y, z (axial plane)
     scale: tuple[float, float] = (0.85, 1.15)

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "train": "train",
     "demo": "demo",
+    "serve": "serve",
 }
 
 

@@ -67,6 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "the model's hole filling runs either way)",
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="segment on a PocketSeg server (pocketseg serve) instead of here, e.g. http://gpu-box:8765",
+    )
+    parser.add_argument("--token-file", help="with --server: file holding the server's token")
     parser.set_defaults(command="predict")
     return parser
 
@@ -91,6 +97,12 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise PocketSegError(f"--batch-size must be at least 1, got {args.batch_size}")
     jobs = plan_jobs(Path(args.input), Path(args.output), args.probabilities, args.masked_volume)
+    if args.server:
+        from pocketseg_core.cli.predict_remote import run_remote
+
+        return run_remote(args, jobs)
+    if args.token_file:
+        raise PocketSegError("--token-file goes with --server URL; without --server the model runs here")
     bundle = load_bundle(args.model or args.task)
     options = InferenceOptions(
         device=args.device,

@@ -1,0 +1,369 @@
+"""Run on a PocketSeg server: the same progress, Cancel and scene rules as a run on this computer.
+
+"Run on: a PocketSeg server (URL, token)" sends the volume to ``pocketseg serve`` on another
+machine (a lab's GPU box) through :mod:`pocketseg_core.remote` (standard library only: no torch
+and no extra package in Slicer). :class:`RemoteRun` has the shape of the local runner: ``start()``,
+``status() -> RunStatus`` (polled from the widget's timer; one short HTTP request at most every
+``poll_interval_s``), ``cancel()`` (the server kills the job's process), ``wait(progress)``,
+``result() -> dict`` (device, seconds, messages) and ``path(name)``/``on_finish(callback)`` for
+the mask file, which lives in a temporary folder removed in every outcome.
+
+:func:`start_remote_segment` / :func:`segment_remote` are the logic's ``start_segment`` /
+``segment`` for a server: the volume is written as NRRD (the geometry's doubles kept), the mask
+comes back as NRRD on exactly the volume's grid, and nothing enters the scene before ``finish()``
+on the main thread, so a failed, cancelled or lost run leaves the scene as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from pocketseg_core.errors import Cancelled, GridMismatchError, InputImageError, PocketSegError
+from pocketseg_core.remote import SUCCEEDED as SERVER_SUCCEEDED
+from pocketseg_core.remote import RemoteClient, ServerError, ServerUnreachable
+from PocketSegLib import segmentation, volume_io
+from PocketSegLib.runner import CANCELLED, FAILED, RUNNING, SUCCEEDED, ProgressCallback, RunStatus
+
+INPUT_FILE, MASK_FILE = "input.nrrd", "mask.nrrd"
+#: seconds between two status requests, however often the GUI polls
+POLL_INTERVAL_S = 0.25
+#: seconds a server may stay unreachable before the run fails (a Wi-Fi hiccup is not an error)
+UNREACHABLE_GRACE_S = 10.0
+#: largest difference (mm, direction cosine) accepted between the mask's grid and the input's
+MASK_GRID_TOLERANCE = 1e-4
+
+
+@dataclass
+class ServerSettings:
+    """What "Run on: a PocketSeg server" holds: its address and token (empty: no token)."""
+
+    url: str
+    token: str = ""
+
+    def client(self) -> RemoteClient:
+        return RemoteClient(self.url, self.token or None)
+
+
+class RemoteRun:
+    """One job on a PocketSeg server, polled like the local runner's run (never runs MRML)."""
+
+    def __init__(
+        self,
+        client: RemoteClient,
+        model: str,
+        options: dict[str, Any] | None = None,
+        files: dict[str, Callable[[Path], Any]] | None = None,
+        upload: str = INPUT_FILE,
+        mask: str = MASK_FILE,
+        name: str = "PocketSeg server",
+        poll_interval_s: float = POLL_INTERVAL_S,
+        unreachable_grace_s: float = UNREACHABLE_GRACE_S,
+    ) -> None:
+        self.client, self.model, self.options = client, model, dict(options or {})
+        self.files, self.upload, self.mask, self.name = dict(files or {}), upload, mask, name
+        self.poll_interval_s, self.unreachable_grace_s = poll_interval_s, unreachable_grace_s
+        self.work_dir: Path | None = None
+        self.job_id: str | None = None
+        self._state, self._fraction, self._message = RUNNING, 0.0, "starting"
+        self._started, self._ended = 0.0, None
+        self._last_poll = 0.0
+        self._unreachable_since: float | None = None
+        self._result: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self._finishers: list[Callable[[RemoteRun], None]] = []
+
+    def path(self, name: str) -> Path:
+        """A file of the run's temporary folder (exists from :meth:`start` until the run ends)."""
+        if self.work_dir is None:
+            raise RuntimeError("the run has not started")
+        return self.work_dir / name
+
+    def on_finish(self, callback: Callable[[RemoteRun], None]) -> None:
+        """Call ``callback(run)`` once, when the run has ended (before the temporary folder goes)."""
+        self._finishers.append(callback)
+
+    def start(self) -> RemoteRun:
+        """Write the files and upload the input (blocking for the upload's duration)."""
+        self._started = time.perf_counter()
+        self.work_dir = Path(tempfile.mkdtemp(prefix="pocketseg-remote-"))
+        try:
+            for file_name, write in self.files.items():
+                write(self.work_dir / file_name)
+            self._message = "uploading"
+            self.job_id = self.client.submit(self.path(self.upload), self.model, self.options)
+            self._message = "queued on the server"
+        except BaseException:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+            raise
+        return self
+
+    def status(self) -> RunStatus:
+        """The run as last seen; asks the server when ``poll_interval_s`` has passed."""
+        now = time.perf_counter()
+        if (
+            self._state == RUNNING
+            and self.job_id is not None
+            and now - self._last_poll >= self.poll_interval_s
+        ):
+            self._last_poll = now
+            self._poll(now)
+        end = self._ended if self._ended is not None else time.perf_counter()
+        return RunStatus(
+            self._state,
+            self._fraction,
+            self._message,
+            end - self._started if self._started else 0.0,
+            self._error,
+        )
+
+    def _poll(self, now: float) -> None:
+        try:
+            seen = self.client.status(self.job_id)
+        except ServerUnreachable as error:
+            self._unreachable_since = self._unreachable_since or now
+            if now - self._unreachable_since >= self.unreachable_grace_s:
+                self._end(FAILED, error)
+            return
+        except ServerError as error:  # the server forgot the job (restarted), refused the token ...
+            self._end(FAILED, error)
+            return
+        self._unreachable_since = None
+        self._fraction, self._message = seen.fraction, seen.message
+        if not seen.done:
+            return
+        if seen.state != SERVER_SUCCEEDED:
+            error = seen.error_instance()
+            self._end(CANCELLED if isinstance(error, Cancelled) else FAILED, error)
+            return
+        try:
+            self.client.fetch_mask(self.job_id, self.path(self.mask))
+        except PocketSegError as error:
+            self._end(FAILED, error)
+            return
+        self._result = {
+            "device": seen.device,
+            "seconds": seen.seconds,
+            "messages": list(seen.messages),
+            "output": str(self.path(self.mask)),
+        }
+        self._fraction = 1.0
+        self._end(SUCCEEDED, None)
+
+    def _end(self, state: str, error: BaseException | None) -> None:
+        self._state, self._error = state, error
+        self._message = {SUCCEEDED: "done", CANCELLED: "cancelled"}.get(state, "failed")
+        self._ended = time.perf_counter()
+        try:
+            for callback in self._finishers:
+                try:
+                    callback(self)
+                except BaseException as failure:  # e.g. the mask is unreadable: the run failed
+                    if self._state == SUCCEEDED:
+                        self._state, self._error, self._message = FAILED, failure, "failed"
+        finally:
+            self._finishers = []
+            if self.work_dir is not None:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+            if self.job_id is not None and not isinstance(error, ServerUnreachable):
+                self._forget()
+
+    def _forget(self) -> None:
+        try:
+            self.client.cancel(self.job_id)  # stops it if still running, forgets it otherwise
+        except ServerError:
+            pass
+
+    def cancel(self, reason: BaseException | None = None) -> None:
+        """Stop the server's job now; the run ends cancelled (or failed with ``reason``)."""
+        if self._state != RUNNING:
+            return
+        if reason is None:
+            self._end(CANCELLED, Cancelled(f"{self.name} run cancelled by the user; nothing was changed"))
+        else:
+            self._end(FAILED, reason)
+
+    def wait(
+        self, progress: ProgressCallback | None = None, timeout: float | None = None, interval: float = 0.05
+    ) -> RunStatus:
+        """Block until the run ends (console use); ``progress`` returning False cancels it."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while True:
+            status = self.status()
+            if status.done:
+                return status
+            if progress is not None and progress(status.fraction, status.message) is False:
+                self.cancel()
+                return self.status()
+            if deadline is not None and time.perf_counter() > deadline:
+                return status
+            time.sleep(interval)
+
+    def result(self) -> dict[str, Any]:
+        """Device, seconds and messages of the job; raises its error (or ``Cancelled``) otherwise."""
+        if self._state == RUNNING:
+            raise RuntimeError("the run has not finished yet: poll status() or wait() first")
+        if self._error is not None:
+            raise self._error
+        return dict(self._result or {})
+
+
+# --- the logic's segment / start_segment, on a server ------------------------------------------
+
+
+@dataclass
+class RemoteModel:
+    """A server's model as the logic's prepared run needs it: its config (no weights here)."""
+
+    config: Any  # pocketseg_core.bundles.BundleConfig
+    name: str
+
+
+@dataclass
+class RemoteResult:
+    """What the logic's ``apply`` reads from a finished computation."""
+
+    mask: sitk.Image
+    device: str
+    seconds: float
+    messages: list[str]
+    probabilities: Any = None
+
+
+def prepare_remote(logic: Any, volume_node: Any, client: RemoteClient, model: str = "skullstrip") -> Any:
+    """The logic's ``prepare`` with the model's config asked from the server (main thread)."""
+    from pocketseg_core.bundles import BundleConfig
+    from pocketseg_core.preprocessing import modality_warning
+    from PocketSegLib.logic import TASKS, PreparedRun
+
+    if volume_node is None:
+        raise InputImageError("no volume selected: pick the image to segment first")
+    image = volume_io.image_from_volume_node(volume_node)
+    if min(image.GetSize()) < 2:
+        raise InputImageError(
+            f"volume '{volume_node.GetName()}' is a single slice: PocketSeg needs a 3D volume; load the whole series"
+        )
+    info = client.model_info(str(model))
+    config = BundleConfig.from_dict(info["config"], source=f"the server's model {info['name']}")
+    task = config.task or (model if model in TASKS else None)
+    labels = [(label.value, segmentation.describe_label(label, task)) for label in config.labels]
+    warnings = []
+    warning = modality_warning(sitk.GetArrayViewFromImage(image), config.modality)
+    if warning:
+        warnings.append(f"'{volume_node.GetName()}': {warning}")
+    return PreparedRun(volume_node, image, RemoteModel(config, str(info["name"])), task, labels, warnings)
+
+
+def mask_on_input_grid(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """The server's mask, checked to lie on exactly the input's grid, with the input's header."""
+    same = (
+        mask.GetSize() == image.GetSize()
+        and np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=0, atol=MASK_GRID_TOLERANCE)
+        and np.allclose(mask.GetOrigin(), image.GetOrigin(), rtol=0, atol=MASK_GRID_TOLERANCE)
+        and np.allclose(mask.GetDirection(), image.GetDirection(), rtol=0, atol=MASK_GRID_TOLERANCE)
+    )
+    if not same:
+        raise GridMismatchError(
+            f"the server's mask ({mask.GetSize()}) is not on the input's grid ({image.GetSize()}); nothing was added"
+        )
+    mask = sitk.Cast(mask, sitk.sitkUInt8)
+    mask.CopyInformation(image)
+    return mask
+
+
+class RemoteSegmentation:
+    """A segmentation running on a server: ``status()``/``cancel()``/``wait()``, then ``finish()``."""
+
+    def __init__(self, logic: Any, prepared: Any, options: Any, output_node: Any, run: RemoteRun) -> None:
+        self.logic, self.prepared, self.options, self.output_node, self.run = (
+            logic,
+            prepared,
+            options,
+            output_node,
+            run,
+        )
+        self.mask: sitk.Image | None = None
+        run.on_finish(self._read_mask)
+
+    def _read_mask(self, run: RemoteRun) -> None:
+        if run.status().state == SUCCEEDED:
+            self.mask = mask_on_input_grid(sitk.ReadImage(str(run.path(MASK_FILE))), self.prepared.image)
+
+    def status(self) -> RunStatus:
+        return self.run.status()
+
+    def cancel(self) -> None:
+        self.run.cancel()
+
+    def wait(self, progress: ProgressCallback | None = None, timeout: float | None = None) -> RunStatus:
+        return self.run.wait(progress, timeout)
+
+    def finish(self) -> Any:
+        """Main thread, once ``status().done``: put the mask into the scene, or raise the run's error."""
+        result = self.run.result()
+        if self.mask is None:
+            raise PocketSegError("the server's run ended without a mask; nothing was added")
+        computed = RemoteResult(
+            self.mask,
+            str(result.get("device", "")),
+            float(result.get("seconds", 0.0)),
+            list(result["messages"]),
+        )
+        return self.logic.apply(self.prepared, computed, self.options, self.output_node)
+
+
+def remote_options(options: Any) -> dict[str, Any]:
+    """The server options of the logic's ``SegmentOptions`` (the device is the server's)."""
+    return {"fast": bool(getattr(options, "fast", False)), "tta": bool(getattr(options, "tta", False))}
+
+
+def start_remote_segment(
+    logic: Any,
+    volume_node: Any,
+    server: ServerSettings,
+    model: str = "skullstrip",
+    options: Any = None,
+    output_node: Any = None,
+    **run_settings: Any,
+) -> RemoteSegmentation:
+    """Prepare, upload and start a run on ``server``; poll ``status()``, then call ``finish()``."""
+    from PocketSegLib.logic import SegmentOptions
+
+    options = options or SegmentOptions()
+    client = server.client()
+    prepared = prepare_remote(logic, volume_node, client, model)
+    image = prepared.image
+    run = RemoteRun(
+        client,
+        prepared.bundle.name,
+        remote_options(options),
+        files={INPUT_FILE: lambda path: sitk.WriteImage(image, str(path), True)},
+        **run_settings,
+    )
+    running = RemoteSegmentation(logic, prepared, options, output_node, run)
+    run.start()
+    return running
+
+
+def segment_remote(
+    logic: Any,
+    volume_node: Any,
+    server: ServerSettings,
+    model: str = "skullstrip",
+    options: Any = None,
+    progress: ProgressCallback | None = None,
+    output_node: Any = None,
+    **run_settings: Any,
+) -> Any:
+    """Segment ``volume_node`` on ``server`` and return the segmentation node (blocking; console use)."""
+    running = start_remote_segment(logic, volume_node, server, model, options, output_node, **run_settings)
+    running.wait(progress)
+    return running.finish().segmentation_node

@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/record_reference_masks.py                 # all cases, CPU
     .venv/bin/python scripts/record_reference_masks.py --check         # recompute and compare
+    .venv/bin/python scripts/record_reference_masks.py --task liver    # re-record one task only
 
 For every full head of ``../shared/data/brain`` (skull strip) and every CT of
 ``../shared/data/liver`` (liver, the DICOM series included) the shipped model of the task runs
@@ -168,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REFERENCE_FILE)
     parser.add_argument("--check", action="store_true", help="recompute and compare with --output")
+    parser.add_argument(
+        "--task",
+        help="re-record only this task's cases (e.g. liver after its bundle changed), keeping the others from --output",
+    )
     args = parser.parse_args(argv)
     if not SHARED_DATA.is_dir():
         print(f"real sample data not found at {SHARED_DATA} (set POCKETSEG_SHARED_DATA)")
@@ -181,7 +186,16 @@ def main(argv: list[str] | None = None) -> int:
             failures += not same
             print(f"{'same' if same else 'DIFFERENT':9s} {entry['variant']:8s} {entry['image']}")
         return 1 if failures else 0
-    records = record_all(CASES)
+    records = record_all([case for case in CASES if args.task in (None, case[0])])
+    if args.task:  # the other tasks' records stay as they were, in the file's order
+        fresh = {(entry["image"], entry["variant"]): entry for entry in records}
+        merged = []
+        for entry in json.loads(args.output.read_text(encoding="utf-8"))["cases"]:
+            if entry["task"] != args.task:
+                merged.append(entry)
+            elif (entry["image"], entry["variant"]) in fresh:
+                merged.append(fresh.pop((entry["image"], entry["variant"])))
+        records = merged + list(fresh.values())
     document = {
         "about": "sha256 of the shipped models' masks on ../shared/data; scripts/record_reference_masks.py",
         "torch": torch.__version__,

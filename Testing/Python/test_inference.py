@@ -390,7 +390,11 @@ def test_modality_mismatch_is_a_warning(brain_bundle, liver_bundle):
     mr, _ = make_phantom("MR", size=(40, 40, 30), spacing=(4.0, 4.0, 4.0))
     assert any("looks like a CT" in m for m in segment_image(ct, brain_bundle).messages)
     assert any("looks like MR" in m for m in segment_image(mr, liver_bundle).messages)
-    assert segment_image(ct, liver_bundle).messages == []
+    # no modality warning; the phantom is a body of water with no fat, so the abdomen warning of
+    # inference/plausibility.py is right to appear
+    messages = segment_image(ct, liver_bundle).messages
+    assert not any("looks like" in m for m in messages), messages
+    assert any("does not look like an abdomen" in m for m in messages), messages
 
 
 def test_bad_images_are_refused(brain_bundle):

@@ -111,6 +111,20 @@ def test_cut_thin_bridges_leaves_a_single_thick_body_alone():
         cut_thin_bridges(image, radius_mm=0)
 
 
+def test_cut_thin_bridges_on_a_volume_thinner_than_the_coarse_grid():
+    """A 3-slice CT (the dcmqi sample) with a radius whose coarse grid is thicker than the label's
+    box along z: BinShrink raised "InputImage is too small" before the factors were capped."""
+    array = np.zeros((3, 60, 90), dtype=np.uint8)
+    array[:, 10:50, 5:40] = 1  # body
+    array[:, 10:50, 60:85] = 1  # blob
+    array[:, 28:31, 40:60] = 1  # 3-voxel bridge
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 0.5))
+    cut = sitk.GetArrayFromImage(cut_thin_bridges(image, radius_mm=4.0))
+    assert cut[:, 10:50, 5:40].all()
+    assert not cut[:, 10:50, 62:85].any()
+
+
 def test_cut_thin_bridges_works_per_label():
     image, brain, tongue = _brain_with_leak((1.0, 1.0, 1.0))
     array = sitk.GetArrayFromImage(image)

@@ -9,6 +9,8 @@ module                 what it holds
                        compile/channels-last), :func:`sliding_window_probabilities`,
                        flip test-time augmentation (:func:`predict_probabilities`)
 ``postprocess``        probabilities back to the input grid, then the clean-up steps
+``plausibility``       warnings when a CT mask cannot be its structure (no abdomen, no
+                       liver-like tissue under it): :func:`anatomy_warnings`
 ``options``            :class:`InferenceOptions`, :class:`SegmentationResult`
 ``pipeline``           :func:`segment_image` = read -> preprocess -> predict -> postprocess,
                        and :class:`Predictor` (keeps the network between calls)

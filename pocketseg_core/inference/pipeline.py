@@ -12,7 +12,9 @@
    CUDA under autocast, with the out-of-memory fallback of :mod:`pocketseg_core.devices`;
 4. postprocess (:func:`postprocess`): probabilities back to the input grid linearly, then
    threshold/argmax, then the clean-up steps the options switch on
-   (:mod:`pocketseg_core.inference.postprocess`).
+   (:mod:`pocketseg_core.inference.postprocess`); a CT model's mask that cannot be its
+   structure (no abdomen, no liver-like tissue under it) is warned about
+   (:mod:`pocketseg_core.inference.plausibility`).
 
 :func:`segment_image` runs them once; a :class:`Predictor` keeps the bundle's network built
 between calls (each click of a Slicer button, each file of a batch).
@@ -33,6 +35,7 @@ from pocketseg_core.devices import check_precision, cpu_precision, resolve_devic
 from pocketseg_core.errors import Cancelled, InputImageError
 from pocketseg_core.inference.network import predict_probabilities
 from pocketseg_core.inference.options import InferenceOptions, ProgressCallback, SegmentationResult
+from pocketseg_core.inference.plausibility import anatomy_warnings
 from pocketseg_core.inference.postprocess import clean_up, to_input_grid
 from pocketseg_core.preprocessing import WorkingGrid, modality_warning, to_working_grid
 
@@ -156,6 +159,13 @@ def segment_image(
 
     tick = time.perf_counter()
     mask, probability_image = postprocess(probabilities, grid, image, config, options)
+    if config.modality == "CT" and config.labels:
+        messages += anatomy_warnings(
+            sitk.GetArrayViewFromImage(image),
+            sitk.GetArrayViewFromImage(mask),
+            config.task,
+            config.labels[0].name,
+        )
     timings["postprocess"] = time.perf_counter() - tick
     report(1.0, "done")
     return SegmentationResult(

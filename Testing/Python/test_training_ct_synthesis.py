@@ -1,0 +1,220 @@
+"""Synthetic CTs from label maps (pocketseg_core.training.ct_synthesis): HU ranges per structure,
+the liver label aligned with the synthesised liver, lesions inside the liver, determinism, phases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pocketseg_core.metrics import dice
+from pocketseg_core.training.ct_synthesis import (
+    CT_SYNTHESIS_KINDS,
+    HU_RANGES,
+    LESION_CONTRAST_HU,
+    TISSUE,
+    SynthesisRanges,
+    synthesize_ct,
+    synthesize_ct_details,
+    synthesize_ct_image,
+)
+
+SPACING = (2.5, 2.5, 2.5)  # z, y, x
+
+
+def _ellipsoid(shape, centre, radii) -> np.ndarray:
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    return ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + (
+        (x - centre[2]) / radii[2]
+    ) ** 2 <= 1.0
+
+
+def abdomen_phantom() -> tuple[np.ndarray, np.ndarray]:
+    """A TotalSegmentator-v2-style label map (z, y, x) of an abdomen and its CT (HU) for the
+    unlabelled voxels: body of fat with a muscle wall, liver (5), spleen (1), kidneys (2, 3),
+    aorta (52), a vertebra (30), a lung lobe (14) on top."""
+    shape = (40, 64, 72)
+    labels = np.zeros(shape, dtype=np.uint8)
+    body = _ellipsoid(shape, (20, 32, 36), (40, 28, 34))
+    ct = np.where(body, -90.0, -1000.0).astype(np.float32)
+    ct[body & ~_ellipsoid(shape, (20, 32, 36), (40, 24, 30))] = 50.0  # muscle wall
+    labels[_ellipsoid(shape, (20, 28, 20), (14, 14, 13))] = 5
+    labels[_ellipsoid(shape, (22, 30, 54), (7, 7, 6))] = 1
+    labels[_ellipsoid(shape, (16, 42, 24), (6, 5, 4))] = 2
+    labels[_ellipsoid(shape, (16, 42, 48), (6, 5, 4))] = 3
+    labels[_ellipsoid(shape, (20, 38, 36), (40, 2.5, 2.5))] = 52
+    labels[_ellipsoid(shape, (20, 48, 36), (40, 4, 4))] = 30
+    labels[34:, 15:40, 10:34] = 14
+    return labels, ct
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return abdomen_phantom()
+
+
+def _with(**changes) -> SynthesisRanges:
+    return SynthesisRanges(**changes)
+
+
+@pytest.mark.parametrize("phase", ["plain", "portal"])
+def test_each_structure_gets_a_mean_from_its_phase_range(phantom, phase):
+    """Without texture/noise every tissue is exactly the mean drawn for it, inside its range."""
+    labels, ct = phantom
+    for seed in range(4):
+        sample = synthesize_ct_details(
+            labels, SPACING, np.random.default_rng(seed), ct_hu=ct, phase=phase, degradation=False
+        )
+        assert sample.phase == phase
+        for name in ("liver", "spleen", "kidney", "blood", "bone", "lung", "fat", "air", "soft"):
+            low, high = HU_RANGES[phase][name]
+            assert low <= sample.means_hu[name] <= high, (name, sample.means_hu[name])
+            voxels = sample.image[sample.tissues == TISSUE[name]]
+            assert voxels.size > 0, name
+            np.testing.assert_allclose(voxels, sample.means_hu[name], atol=1e-3)
+
+
+@pytest.mark.parametrize("phase", ["plain", "portal"])
+def test_structure_medians_stay_in_range_with_noise_blur_and_texture(phantom, phase):
+    labels, ct = phantom
+    sample = synthesize_ct_details(labels, SPACING, np.random.default_rng(7), ct_hu=ct, phase=phase)
+    for name in ("liver", "spleen", "kidney", "fat", "bone"):
+        inside = sample.tissues == TISSUE[name]
+        # the core of the structure, away from partial volume with its neighbours
+        core = sitk.GetArrayFromImage(
+            sitk.BinaryErode(sitk.GetImageFromArray(inside.astype(np.uint8)), [1, 1, 1])
+        )
+        low, high = HU_RANGES[phase][name]
+        median = (
+            float(np.median(sample.image[core > 0])) if core.any() else float(np.median(sample.image[inside]))
+        )
+        assert low - 25 <= median <= high + 25, (name, median)
+
+
+def test_liver_label_matches_the_synthesised_liver_after_deformation(phantom):
+    labels, ct = phantom
+    liver_before = labels == 5
+    for seed in range(3):
+        sample = synthesize_ct_details(
+            labels, SPACING, np.random.default_rng(seed), ct_hu=ct, degradation=False
+        )
+        mask = sample.liver_mask.astype(bool)
+        liver_values = [
+            sample.means_hu[t]
+            for t in ("liver", "liver_vessel", "lesion_hypo", "lesion_hyper")
+            if t in sample.means_hu
+        ]
+        # every voxel of the mask carries a liver intensity, no voxel outside does
+        assert np.isin(sample.image[mask], np.float32(liver_values)).all()
+        assert not np.isin(sample.image[~mask], np.float32([sample.means_hu["liver"]])).any()
+        # the deformation moved the liver, but it is still the liver
+        assert not np.array_equal(mask, liver_before)
+        assert 0.5 < dice(liver_before.astype(np.uint8), mask.astype(np.uint8)) < 0.99
+    # without the deformation the label is the input liver exactly
+    still = synthesize_ct_details(labels, SPACING, np.random.default_rng(0), ct_hu=ct, deformation=False)
+    np.testing.assert_array_equal(still.liver_mask.astype(bool), liver_before)
+
+
+def test_lesions_and_vessels_lie_inside_the_liver_and_have_their_contrast(phantom):
+    labels, ct = phantom
+    ranges = _with(lesions=(2, 4), hyperdense_fraction=0.5)
+    kinds_seen = set()
+    for seed in range(6):
+        sample = synthesize_ct_details(
+            labels, SPACING, np.random.default_rng(seed), ct_hu=ct, ranges=ranges, degradation=False
+        )
+        mask = sample.liver_mask.astype(bool)
+        for kind in ("lesion_hypo", "lesion_hyper", "liver_vessel"):
+            voxels = sample.tissues == TISSUE[kind]
+            assert mask[voxels].all(), kind  # tumours and vessels belong to the liver
+            if voxels.any():
+                kinds_seen.add(kind)
+        contrast = LESION_CONTRAST_HU[sample.phase]
+        if "lesion_hypo" in sample.means_hu:
+            difference = sample.means_hu["lesion_hypo"] - sample.means_hu["liver"]
+            assert contrast["hypo"][0] <= difference <= contrast["hypo"][1]
+        if "lesion_hyper" in sample.means_hu:
+            difference = sample.means_hu["lesion_hyper"] - sample.means_hu["liver"]
+            assert contrast["hyper"][0] <= difference <= contrast["hyper"][1]
+    assert kinds_seen == {"lesion_hypo", "lesion_hyper", "liver_vessel"}
+
+
+def test_same_seed_same_sample_other_seed_other_sample(phantom):
+    labels, ct = phantom
+    first = synthesize_ct(labels, SPACING, np.random.default_rng(3), ct_hu=ct)
+    again = synthesize_ct(labels, SPACING, np.random.default_rng(3), ct_hu=ct)
+    other = synthesize_ct(labels, SPACING, np.random.default_rng(4), ct_hu=ct)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[1], other[1])
+    assert first[0].dtype == np.float32 and first[1].dtype == np.uint8
+
+
+def test_plain_and_portal_phases_differ(phantom):
+    """Same seed, same geometry: the contrast phase brightens liver, spleen, kidney and vessels."""
+    labels, ct = phantom
+    plain = synthesize_ct_details(labels, SPACING, np.random.default_rng(5), ct_hu=ct, phase="plain")
+    portal = synthesize_ct_details(labels, SPACING, np.random.default_rng(5), ct_hu=ct, phase="portal")
+    np.testing.assert_array_equal(plain.liver_mask, portal.liver_mask)
+    for name in ("liver", "spleen", "kidney", "blood"):
+        assert portal.means_hu[name] - plain.means_hu[name] > 25, name
+    liver = plain.tissues == TISSUE["liver"]
+    assert np.median(portal.image[liver]) - np.median(plain.image[liver]) > 25
+    with pytest.raises(ValueError, match="unknown CT phase"):
+        synthesize_ct(labels, SPACING, np.random.default_rng(0), phase="arterial")
+
+
+def test_float_label_maps_are_read_as_integers_and_negative_values_refused(phantom):
+    labels, ct = phantom
+    as_int = synthesize_ct(labels, SPACING, np.random.default_rng(2), ct_hu=ct)
+    as_float = synthesize_ct(labels.astype(np.float32), SPACING, np.random.default_rng(2), ct_hu=ct)
+    np.testing.assert_array_equal(as_int[1], as_float[1])
+    with pytest.raises(ValueError, match="negative values"):
+        synthesize_ct(labels.astype(np.int16) - 1, SPACING, np.random.default_rng(0))
+
+
+def test_liver_only_mask_without_ct_gets_a_generic_body():
+    labels = np.zeros((30, 60, 60), dtype=np.uint8)
+    labels[_ellipsoid(labels.shape, (15, 30, 25), (10, 14, 14))] = 1
+    sample = synthesize_ct_details(
+        labels, SPACING, np.random.default_rng(0), scheme="liver", degradation=False
+    )
+    tissues = set(np.unique(sample.tissues).tolist())
+    assert {TISSUE["air"], TISSUE["fat"], TISSUE["muscle"], TISSUE["liver"]} <= tissues
+    assert sample.liver_mask.sum() > 0.5 * (labels == 1).sum()
+
+
+def test_synthesize_ct_image_reads_labels_through_physical_space(phantom):
+    """A label map stored with its y axis flipped (as the TotalSegmentator DICOM labels are) gives
+    the same sample as one stored like its CT."""
+    labels, ct = phantom
+    ct_image = sitk.GetImageFromArray(ct)
+    ct_image.SetSpacing((2.5, 2.5, 2.5))
+    ct_image.SetOrigin((10.0, -20.0, 5.0))
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(ct_image)
+    flipped = sitk.Flip(label_image, [False, True, False])  # same physical map, other storage
+    assert flipped.GetDirection() != label_image.GetDirection()
+    kind = CT_SYNTHESIS_KINDS["ct_from_label_maps"]
+    image_a, liver_a = kind(ct_image, label_image, np.random.default_rng(1))
+    image_b, liver_b = synthesize_ct_image(ct_image, flipped, np.random.default_rng(1))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(liver_a), sitk.GetArrayFromImage(liver_b))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image_a), sitk.GetArrayFromImage(image_b))
+    assert image_a.GetOrigin() == ct_image.GetOrigin() and image_a.GetSize() == ct_image.GetSize()
+    assert liver_a.GetSpacing() == ct_image.GetSpacing()
+
+
+def test_real_totalsegmentator_map_gives_an_aligned_liver(shared_data: Path):
+    ct = sitk.ReadImage(str(shared_data / "liver" / "ts_abdomen_ct_small.nii.gz"))
+    labels = sitk.ReadImage(str(shared_data / "liver" / "ts_abdomen_ct_small_labels.nii.gz"))
+    image, liver = synthesize_ct_image(
+        ct, labels, np.random.default_rng(0), phase="portal", ranges=_with(lesions=(0, 0))
+    )
+    values = sitk.GetArrayFromImage(image)[sitk.GetArrayFromImage(liver) > 0]
+    low, high = HU_RANGES["portal"]["liver"]
+    assert low - 25 <= np.median(values) <= high + 25
+    original_ml = float(np.sum(sitk.GetArrayFromImage(labels) == 5)) * 27.0 / 1000
+    synthetic_ml = float(sitk.GetArrayFromImage(liver).sum()) * 2.5**3 / 1000
+    assert 0.5 * original_ml < synthetic_ml < 1.7 * original_ml

@@ -1,0 +1,544 @@
+"""Synthetic abdominal CTs from label maps (SynthSeg-style), for training liver models.
+
+Billot et al., "SynthSeg: segmentation of brain MRI scans of any contrast and resolution without
+retraining", Medical Image Analysis 2023: a label map is deformed at random and every structure
+gets its own random intensity, so a network sees many images for every labelled one. Here the
+intensities are not arbitrary but drawn from realistic Hounsfield ranges of a CT phase (plain or
+portal venous), because a CT model reads HU through a fixed window.
+
+One sample (:func:`synthesize_ct`), all from the ``numpy.random.Generator`` passed in (the same
+state gives the same sample, voxel for voxel):
+
+1. tissue classes: every structure of the label map (TotalSegmentator v2 values:
+   :data:`TOTALSEGMENTATOR_V2_TISSUES`; or a liver-only mask) -> a tissue of :data:`HU_RANGES`;
+   unlabelled voxels get a class from the real CT's HU (air, fat, soft tissue, bone:
+   :data:`CT_CLASS_EDGES_HU`) or, without a CT, a generic body (fat with a muscle wall, air out);
+2. a random affine (rotation, scaling, shift) and elastic deformation of the class map (nearest
+   neighbour): the liver label and the liver voxels come from the same deformed map, so they
+   are aligned exactly;
+3. inside the liver: a random vessel network (hepatic/portal veins: tubes where two smooth
+   random fields are both near zero) and 0-4 lesions (hypodense or hyperdense, irregular
+   ellipsoids, cut to the liver); both keep the liver label, as in LiTS (tumours belong to the
+   liver);
+4. intensities: one mean per tissue drawn from its phase's range, a smooth texture, partial
+   volume of a slice thickness drawn in 0.7-5 mm (a Gaussian along z), in-plane blur, noise.
+
+Hounsfield ranges of the structure means (:data:`HU_RANGES`), plain / portal venous (~70 s):
+
+===============  ==============  ===============  ==============================================
+tissue           plain (HU)      portal (HU)      source / note
+===============  ==============  ===============  ==============================================
+liver            45 .. 70        95 .. 140        55-65 unenhanced, 100-130 portal venous [1,2];
+                                                  widened for mild steatosis and calibration
+spleen           40 .. 55        105 .. 140       spleen ~45 unenhanced, ~120 portal [1,2]
+kidney           25 .. 40        140 .. 200       cortex 30-35 unenhanced; nephrographic [2]
+blood (vessels)  35 .. 55        130 .. 200       unenhanced blood 40-50; portal vein/IVC [2,3]
+pancreas         35 .. 50        80 .. 120        [2]
+adrenal          15 .. 40        50 .. 90         [2]
+bowel            10 .. 45        40 .. 100        wall + fluid content; gas mixed in separately
+bile / fluid     0 .. 20         0 .. 25          gallbladder, cysts: water density [1]
+urine            0 .. 20         0 .. 30          bladder
+muscle           40 .. 55        50 .. 70         skeletal muscle ~45-50 [1]
+soft tissue      25 .. 50        40 .. 80         other organs, unlabelled soft tissue
+spinal cord      20 .. 40        20 .. 45
+cartilage        70 .. 150       70 .. 150        costal cartilage, partly calcified
+bone             200 .. 500      200 .. 500       vertebra/rib mean at 2-3 mm (cancellous 150-400,
+                                                  cortical 500-1200) [1]
+fat              -110 .. -60     -110 .. -60      -100 .. -50 [1]
+lung             -900 .. -750    -900 .. -750     aerated lung [1]
+air              -1010 .. -970   -1010 .. -970    outside the body, bowel gas, trachea [1]
+===============  ==============  ===============  ==============================================
+
+Lesions (inside the liver): hypodense = liver - 15..50 HU plain, - 30..90 HU portal (metastases,
+cysts, hypovascular tumours); hyperdense = liver + 20..60 HU (hypervascular tumours,
+haemangioma fill-in) [2]. Liver vessels: liver - 10..25 HU plain (unenhanced blood is darker than
+liver), the phase's blood value portal.
+
+[1] Hounsfield-unit tables in Radiopaedia, "Hounsfield unit" (radiopaedia.org/articles/hounsfield-unit);
+[2] Bae KT, "Intravenous contrast medium administration and scan timing at CT", Radiology 2010;
+    256(1):32-61 (enhancement of liver, spleen, kidney, vessels by phase);
+[3] Lamba R et al., "CT Hounsfield numbers of soft tissues on unenhanced abdominal CT scans",
+    Abdominal Imaging 2014; 39:763-769.
+
+The trainer names this synthesis in a recipe through :data:`CT_SYNTHESIS_KINDS` (``"ct_from_label_maps"``:
+:func:`synthesize_ct_image`, which works on SimpleITK images with their geometry).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from pocketseg_core.postprocessing import nonzero_extent
+
+#: tissue classes (uint8 values of the class map)
+TISSUES = (
+    "air",
+    "lung",
+    "fat",
+    "muscle",
+    "soft",
+    "liver",
+    "spleen",
+    "kidney",
+    "blood",
+    "pancreas",
+    "adrenal",
+    "bowel",
+    "fluid",
+    "urine",
+    "spinal_cord",
+    "cartilage",
+    "bone",
+    # inside the liver only (added after the deformation)
+    "liver_vessel",
+    "lesion_hypo",
+    "lesion_hyper",
+)
+TISSUE = {name: index for index, name in enumerate(TISSUES)}
+#: tissues that carry the liver label
+LIVER_TISSUES = ("liver", "liver_vessel", "lesion_hypo", "lesion_hyper")
+PHASES = ("plain", "portal")
+
+#: (low, high) of a structure's mean HU per phase (see the module docstring's table)
+HU_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "plain": {
+        "air": (-1010, -970),
+        "lung": (-900, -750),
+        "fat": (-110, -60),
+        "muscle": (40, 55),
+        "soft": (25, 50),
+        "liver": (45, 70),
+        "spleen": (40, 55),
+        "kidney": (25, 40),
+        "blood": (35, 55),
+        "pancreas": (35, 50),
+        "adrenal": (15, 40),
+        "bowel": (10, 45),
+        "fluid": (0, 20),
+        "urine": (0, 20),
+        "spinal_cord": (20, 40),
+        "cartilage": (70, 150),
+        "bone": (200, 500),
+    },
+    "portal": {
+        "air": (-1010, -970),
+        "lung": (-900, -750),
+        "fat": (-110, -60),
+        "muscle": (50, 70),
+        "soft": (40, 80),
+        "liver": (95, 140),
+        "spleen": (105, 140),
+        "kidney": (140, 200),
+        "blood": (130, 200),
+        "pancreas": (80, 120),
+        "adrenal": (50, 90),
+        "bowel": (40, 100),
+        "fluid": (0, 25),
+        "urine": (0, 30),
+        "spinal_cord": (20, 45),
+        "cartilage": (70, 150),
+        "bone": (200, 500),
+    },
+}
+#: lesion contrast to the liver (HU), per phase and kind
+LESION_CONTRAST_HU = {
+    "plain": {"hypo": (-50, -15), "hyper": (20, 60)},
+    "portal": {"hypo": (-90, -30), "hyper": (20, 60)},
+}
+#: unenhanced liver vessels: this much darker than the liver (HU)
+PLAIN_VESSEL_CONTRAST_HU = (-25, -10)
+
+#: TotalSegmentator v2 ("total" task, 117 classes) label value -> tissue; values not listed
+#: (e.g. brain, thyroid, prostate) are soft tissue
+TOTALSEGMENTATOR_V2_TISSUES: dict[int, str] = {
+    1: "spleen",
+    2: "kidney",
+    3: "kidney",
+    4: "fluid",  # gallbladder
+    5: "liver",
+    6: "bowel",  # stomach
+    7: "pancreas",
+    8: "adrenal",
+    9: "adrenal",
+    **{value: "lung" for value in range(10, 15)},  # lung lobes
+    15: "bowel",  # oesophagus
+    16: "air",  # trachea
+    18: "bowel",  # small bowel
+    19: "bowel",  # duodenum
+    20: "bowel",  # colon
+    21: "urine",  # urinary bladder
+    23: "fluid",  # kidney cysts
+    24: "fluid",
+    **{value: "bone" for value in range(25, 51)},  # sacrum, vertebrae S1 .. C1
+    51: "blood",  # heart
+    **{value: "blood" for value in range(52, 69)},  # aorta, veins, arteries, portal/splenic vein
+    **{value: "bone" for value in range(69, 79)},  # humerus, scapula, clavicle, femur, hip
+    79: "spinal_cord",
+    **{value: "muscle" for value in range(80, 90)},  # gluteus, autochthon, iliopsoas
+    91: "bone",  # skull
+    **{value: "bone" for value in range(92, 117)},  # ribs, sternum
+    117: "cartilage",  # costal cartilages
+}
+#: a liver-only mask: 1 = liver, everything else from the CT (or the generic body)
+LIVER_ONLY_TISSUES: dict[int, str] = {1: "liver"}
+LABEL_SCHEMES: dict[str, dict[int, str]] = {
+    "totalsegmentator_v2": TOTALSEGMENTATOR_V2_TISSUES,
+    "liver": LIVER_ONLY_TISSUES,
+}
+
+#: HU edges of the classes of unlabelled voxels of a real CT: air < -300 <= fat < -20 <= soft
+#: < 180 <= bone
+CT_CLASS_EDGES_HU = (-300.0, -20.0, 180.0)
+
+
+@dataclass(frozen=True)
+class SynthesisRanges:
+    """The random ranges of one sample (defaults: the ranges of the module docstring; a recipe may narrow them)."""
+
+    rotation_degrees: tuple[float, float, float] = (5.0, 5.0, 15.0)  # about x, y, z (axial plane)
+    scale: tuple[float, float] = (0.85, 1.15)
+    shift_mm: float = 10.0
+    elastic_mm: tuple[float, float] = (0.0, 5.0)  # std of the displacement at the control points
+    elastic_spacing_mm: float = 40.0
+    slice_thickness_mm: tuple[float, float] = (0.7, 5.0)
+    blur_voxels: tuple[float, float] = (0.0, 0.8)  # in-plane Gaussian sigma
+    noise_hu: tuple[float, float] = (3.0, 25.0)
+    texture_hu: tuple[float, float] = (2.0, 10.0)
+    lesions: tuple[int, int] = (0, 4)  # inclusive
+    lesion_radius_mm: tuple[float, float] = (4.0, 25.0)
+    hyperdense_fraction: float = 0.3
+    vessel_width: tuple[float, float] = (0.06, 0.12)  # of the smooth fields' std: thicker with more
+    bowel_gas: tuple[float, float] = (0.0, 0.5)  # fraction of bowel voxels that are gas
+
+
+@dataclass
+class SyntheticCT:
+    """One synthetic CT and what made it (arrays ``(z, y, x)`` on the label map's grid)."""
+
+    image: np.ndarray  # float32 HU
+    liver_mask: np.ndarray  # uint8 0/1: liver incl. its vessels and lesions
+    tissues: np.ndarray  # uint8 tissue class (TISSUES) after deformation, before intensities
+    phase: str
+    means_hu: dict[str, float]  # the mean drawn for each tissue present
+    slice_thickness_mm: float
+
+
+def _image(array: np.ndarray, spacing_zyx: Sequence[float]) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
+    return image
+
+
+def smooth_noise(
+    rng: np.random.Generator, shape: Sequence[int], spacing_zyx: Sequence[float], scale_mm: float
+) -> np.ndarray:
+    """A smooth random field ``shape`` (float32, about unit std): normal values on a grid
+    ``scale_mm`` apart, interpolated linearly (much cheaper than filtering full-size noise)."""
+    extent = [n * s for n, s in zip(shape, spacing_zyx, strict=True)]
+    coarse_shape = [max(2, math.ceil(e / scale_mm) + 2) for e in extent]
+    coarse = _image(rng.standard_normal(coarse_shape).astype(np.float32), [scale_mm] * 3)
+    coarse.SetOrigin((-scale_mm,) * 3)
+    reference = _image(np.zeros(shape, dtype=np.uint8), spacing_zyx)
+    field = sitk.Resample(coarse, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(field) * np.float32(1.6)  # linear interpolation loses ~40 % of std
+
+
+def tissue_map(
+    label_map: np.ndarray,
+    scheme: Mapping[int, str],
+    ct_hu: np.ndarray | None,
+    spacing_zyx: Sequence[float],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """The tissue class (uint8, :data:`TISSUES`) of every voxel of ``label_map``.
+
+    Labelled voxels take their structure's tissue (``scheme``; unlisted non-zero values: soft
+    tissue). Unlabelled ones take the class of the real CT's HU (``ct_hu``, same grid:
+    :data:`CT_CLASS_EDGES_HU`) or, without a CT, a generic body: fat within a random 15-45 mm
+    of the labelled structures, a 5-15 mm muscle wall at its edge, air outside.
+    """
+    label_map = np.asarray(label_map)
+    lookup = np.full(int(label_map.max()) + 1, TISSUE["soft"], dtype=np.uint8)
+    for value, tissue in scheme.items():
+        if value < lookup.size:
+            lookup[value] = TISSUE[tissue]
+    tissues = lookup[label_map]
+    unlabelled = label_map == 0
+    if ct_hu is not None:
+        classes = np.digitize(ct_hu, CT_CLASS_EDGES_HU).astype(np.uint8)
+        ct_tissues = np.array([TISSUE["air"], TISSUE["fat"], TISSUE["soft"], TISSUE["bone"]], dtype=np.uint8)
+        tissues[unlabelled] = ct_tissues[classes[unlabelled]]
+        return tissues
+    labelled = _image((~unlabelled).astype(np.uint8), spacing_zyx)
+    distance = sitk.GetArrayFromImage(
+        sitk.SignedMaurerDistanceMap(
+            labelled, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+        )
+    )
+    margin = rng.uniform(15.0, 45.0) + 5.0 * smooth_noise(rng, label_map.shape, spacing_zyx, 40.0)
+    wall = rng.uniform(5.0, 15.0)
+    body = distance < margin
+    tissues[unlabelled & body] = TISSUE["fat"]
+    tissues[unlabelled & body & (distance > margin - wall)] = TISSUE["muscle"]
+    tissues[unlabelled & ~body] = TISSUE["air"]
+    return tissues
+
+
+def deform(
+    tissues: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator, ranges: SynthesisRanges
+) -> np.ndarray:
+    """``tissues`` after a random affine + elastic deformation (nearest neighbour; air outside).
+
+    The affine turns about the volume's centre (most about the axial axis), scales by one
+    factor per axis around a common one, shifts; the elastic part is a displacement field drawn
+    on a grid ``ranges.elastic_spacing_mm`` apart, interpolated linearly by SimpleITK.
+    """
+    image = _image(tissues, spacing_zyx)
+    size_xyz = np.array(image.GetSize(), dtype=float)
+    spacing_xyz = np.array(image.GetSpacing(), dtype=float)
+    centre = (size_xyz - 1) * spacing_xyz / 2
+    angles = np.deg2rad([rng.uniform(-r, r) for r in ranges.rotation_degrees])
+    common = rng.uniform(*ranges.scale)
+    scales = common * rng.uniform(0.95, 1.05, 3)
+    affine = sitk.Euler3DTransform(centre.tolist(), *angles.tolist())
+    matrix = np.asarray(affine.GetMatrix()).reshape(3, 3) @ np.diag(1.0 / scales)  # output -> input
+    transform = sitk.AffineTransform(3)
+    transform.SetCenter(centre.tolist())
+    transform.SetMatrix(matrix.ravel().tolist())
+    transform.SetTranslation(rng.uniform(-ranges.shift_mm, ranges.shift_mm, 3).tolist())
+    magnitude = rng.uniform(*ranges.elastic_mm)
+    step = ranges.elastic_spacing_mm
+    extent = (size_xyz - 1) * spacing_xyz
+    grid_xyz = [max(2, math.ceil(e / step) + 3) for e in extent]
+    field = sitk.GetImageFromArray(
+        (magnitude * rng.standard_normal((*grid_xyz[::-1], 3))).astype(np.float64), isVector=True
+    )
+    field.SetSpacing((step,) * 3)
+    field.SetOrigin((-step,) * 3)
+    composite = sitk.CompositeTransform([transform, sitk.DisplacementFieldTransform(field)])
+    warped = sitk.Resample(image, image, composite, sitk.sitkNearestNeighbor, TISSUE["air"], sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(warped)
+
+
+def add_liver_vessels(
+    tissues: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator, ranges: SynthesisRanges
+) -> None:
+    """Mark a random network of tubes inside the liver as ``liver_vessel`` (in place): where two
+    independent smooth fields are both near zero (their zero sets are surfaces; two of them
+    cross along curves)."""
+    liver = tissues == TISSUE["liver"]
+    box = _box(liver)
+    if box is None:
+        return
+    shape = liver[box].shape
+    scale = rng.uniform(20.0, 35.0)
+    first = smooth_noise(rng, shape, spacing_zyx, scale)
+    second = smooth_noise(rng, shape, spacing_zyx, scale)
+    width = rng.uniform(*ranges.vessel_width) * 4.0
+    tubes = (np.abs(first) < width) & (np.abs(second) < width)
+    region = tissues[box]  # a view
+    region[tubes & liver[box]] = TISSUE["liver_vessel"]
+
+
+def add_lesions(
+    tissues: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator, ranges: SynthesisRanges
+) -> None:
+    """Put 0-4 irregular ellipsoidal lesions inside the liver (in place), each cut to the liver:
+    ``lesion_hyper`` with probability ``ranges.hyperdense_fraction``, else ``lesion_hypo``."""
+    liver = np.isin(tissues, (TISSUE["liver"], TISSUE["liver_vessel"]))
+    count = int(rng.integers(ranges.lesions[0], ranges.lesions[1] + 1))
+    points = np.argwhere(liver)
+    if count == 0 or points.size == 0:
+        return
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    for _ in range(count):
+        centre = points[rng.integers(len(points))]
+        radii = rng.uniform(*ranges.lesion_radius_mm) * rng.uniform(0.7, 1.3, 3)
+        reach = np.ceil(radii * 1.3 / spacing).astype(int)
+        low = np.maximum(centre - reach, 0)
+        high = np.minimum(centre + reach + 1, tissues.shape)
+        box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        axes = np.ogrid[box]
+        distance = sum(
+            ((axis - c) * s / r) ** 2 for axis, c, s, r in zip(axes, centre, spacing, radii, strict=True)
+        )
+        bumps = 0.25 * smooth_noise(rng, distance.shape, spacing_zyx, max(4.0, radii.min()))
+        kind = "lesion_hyper" if rng.random() < ranges.hyperdense_fraction else "lesion_hypo"
+        region = tissues[box]
+        inside = (distance + bumps < 1.0) & np.isin(region, (TISSUE["liver"], TISSUE["liver_vessel"]))
+        region[inside] = TISSUE[kind]
+
+
+def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The numpy slices of the non-zero part of ``mask``, or None when it is all zero."""
+    extent = nonzero_extent(mask)
+    return None if extent is None else tuple(slice(a, b + 1) for a, b in extent)
+
+
+def gaussian_blur(
+    volume: np.ndarray, spacing_zyx: Sequence[float], sigma_mm_zyx: Sequence[float]
+) -> np.ndarray:
+    """``volume`` smoothed by a Gaussian of ``sigma_mm_zyx`` (0 along an axis: untouched there)."""
+    if not any(s > 0 for s in sigma_mm_zyx):
+        return volume
+    image = _image(volume.astype(np.float32), spacing_zyx)
+    sigma_xyz = [
+        max(float(s), 1e-3 * sp) for s, sp in zip(reversed(sigma_mm_zyx), reversed(spacing_zyx), strict=True)
+    ]
+    return sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(image, sigma_xyz))
+
+
+def synthesize_ct_details(
+    label_map: np.ndarray,
+    spacing: Sequence[float],
+    rng: np.random.Generator,
+    *,
+    scheme: str | Mapping[int, str] = "totalsegmentator_v2",
+    ct_hu: np.ndarray | None = None,
+    phase: str | None = None,
+    ranges: SynthesisRanges | None = None,
+    deformation: bool = True,
+    degradation: bool = True,
+) -> SyntheticCT:
+    """One synthetic CT from ``label_map`` ``(z, y, x)`` with voxel ``spacing`` (z, y, x) in mm.
+
+    Args:
+        label_map: integer label map (``scheme`` says what each value is).
+        spacing: voxel size (z, y, x) in mm; the sample is made on this grid (about 2.5 mm for
+            a training sample in well under a second).
+        rng: every random choice comes from it.
+        scheme: a name of :data:`LABEL_SCHEMES` or a ``{value: tissue}`` mapping.
+        ct_hu: the real CT in HU on the same grid, for the classes of unlabelled voxels.
+        phase: ``"plain"`` or ``"portal"``; None draws one.
+        ranges: the random ranges (:class:`SynthesisRanges` defaults).
+        deformation: False keeps the label map's geometry (tests).
+        degradation: False skips texture, blur, slice thickness and noise: each tissue is then
+            exactly its mean (tests).
+
+    Returns:
+        :class:`SyntheticCT` with the image (float32 HU) and the liver mask (uint8) on
+        ``label_map``'s grid.
+    """
+    ranges = ranges or SynthesisRanges()
+    mapping = LABEL_SCHEMES[scheme] if isinstance(scheme, str) else scheme
+    phase = phase or str(rng.choice(PHASES))
+    if phase not in PHASES:
+        raise ValueError(f"unknown CT phase {phase!r}; use one of {PHASES}")
+    label_map = np.asarray(label_map)
+    if label_map.ndim != 3:
+        raise ValueError(f"label_map must be 3D (z, y, x), got shape {label_map.shape}")
+    if not np.issubdtype(label_map.dtype, np.integer):  # e.g. a label map stored as float
+        label_map = np.rint(label_map).astype(np.int64)
+    if label_map.min() < 0:
+        raise ValueError("label_map has negative values; label maps hold 0 (background) and positive labels")
+    spacing_zyx = [float(s) for s in spacing]
+    tissues = tissue_map(label_map, mapping, ct_hu, spacing_zyx, rng)
+    if deformation:
+        tissues = deform(tissues, spacing_zyx, rng, ranges)
+    add_liver_vessels(tissues, spacing_zyx, rng, ranges)
+    add_lesions(tissues, spacing_zyx, rng, ranges)
+    liver_mask = np.isin(tissues, [TISSUE[t] for t in LIVER_TISSUES]).astype(np.uint8)
+
+    means = {name: float(rng.uniform(*HU_RANGES[phase][name])) for name in HU_RANGES[phase]}
+    liver = means["liver"]
+    means["lesion_hypo"] = liver + float(rng.uniform(*LESION_CONTRAST_HU[phase]["hypo"]))
+    means["lesion_hyper"] = liver + float(rng.uniform(*LESION_CONTRAST_HU[phase]["hyper"]))
+    means["liver_vessel"] = (
+        liver + float(rng.uniform(*PLAIN_VESSEL_CONTRAST_HU)) if phase == "plain" else means["blood"]
+    )
+    lookup = np.array([means[name] for name in TISSUES], dtype=np.float32)
+    image = lookup[tissues]
+    gas_fraction = rng.uniform(*ranges.bowel_gas)
+    bowel = tissues == TISSUE["bowel"]
+    thickness = float(rng.uniform(*ranges.slice_thickness_mm))
+    if degradation:
+        if bowel.any() and gas_fraction > 0:  # gas pockets in the bowel: the top of a smooth field
+            field = smooth_noise(rng, image.shape, spacing_zyx, 15.0)
+            gas = bowel & (field > np.quantile(field[bowel], 1.0 - gas_fraction))
+            image[gas] = means["air"]
+        image += rng.uniform(*ranges.texture_hu) * smooth_noise(rng, image.shape, spacing_zyx, 6.0)
+        # slice thickness: a slab profile as a Gaussian of FWHM = thickness along z, on top of
+        # what the grid's own z spacing already averages
+        sigma_z = math.sqrt(max(thickness**2 - spacing_zyx[0] ** 2, 0.0)) / 2.355
+        sigma_xy = rng.uniform(*ranges.blur_voxels)
+        image = gaussian_blur(
+            image, spacing_zyx, (sigma_z, sigma_xy * spacing_zyx[1], sigma_xy * spacing_zyx[2])
+        )
+        image = image + rng.uniform(*ranges.noise_hu) * rng.standard_normal(image.shape, dtype=np.float32)
+    present = {TISSUES[t] for t in np.unique(tissues)}
+    return SyntheticCT(
+        image=image.astype(np.float32),
+        liver_mask=liver_mask,
+        tissues=tissues,
+        phase=phase,
+        means_hu={name: value for name, value in means.items() if name in present},
+        slice_thickness_mm=thickness,
+    )
+
+
+def synthesize_ct(
+    label_map: np.ndarray, spacing: Sequence[float], rng: np.random.Generator, **options
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32 HU, liver mask uint8), both ``(z, y, x)`` on ``label_map``'s grid; the
+    keyword options are those of :func:`synthesize_ct_details`."""
+    sample = synthesize_ct_details(label_map, spacing, rng, **options)
+    return sample.image, sample.liver_mask
+
+
+def synthesize_ct_image(
+    ct: sitk.Image | None,
+    label: sitk.Image,
+    rng: np.random.Generator,
+    *,
+    scheme: str | Mapping[int, str] = "totalsegmentator_v2",
+    spacing: Sequence[float] = (2.5, 2.5, 2.5),
+    **options,
+) -> tuple[sitk.Image, sitk.Image]:
+    """:func:`synthesize_ct` on SimpleITK images: (synthetic CT float32, liver mask uint8).
+
+    The label map is brought onto a grid of ``spacing`` (x, y, z mm) over ``ct``'s field of view
+    (the label's without a CT) through physical space, nearest neighbour, so a label stored with
+    another axis order or direction than its CT (the y-flipped TotalSegmentator DICOM labels)
+    lines up; the CT is resampled linearly onto the same grid for the unlabelled classes. Both
+    outputs carry that grid's geometry.
+    """
+    reference = ct if ct is not None else label
+    size = [
+        max(1, int(round(n * s / t)))
+        for n, s, t in zip(reference.GetSize(), reference.GetSpacing(), spacing, strict=True)
+    ]
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing(tuple(float(t) for t in spacing))
+    grid.SetDirection(reference.GetDirection())
+    # same physical extent: the first voxel's corner stays where the reference's was
+    corner = np.asarray(reference.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5)))
+    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
+    grid.SetOrigin(tuple(corner + direction @ (0.5 * np.asarray(spacing, dtype=float))))
+    label_grid = sitk.Resample(label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    ct_hu = None
+    if ct is not None:
+        ct_grid = sitk.Resample(ct, grid, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+        ct_hu = sitk.GetArrayFromImage(ct_grid)
+    image, liver = synthesize_ct(
+        sitk.GetArrayFromImage(label_grid),
+        tuple(reversed(spacing)),
+        rng,
+        scheme=scheme,
+        ct_hu=ct_hu,
+        **options,
+    )
+    image_out = sitk.GetImageFromArray(image)
+    image_out.CopyInformation(grid)
+    liver_out = sitk.GetImageFromArray(liver)
+    liver_out.CopyInformation(grid)
+    return image_out, liver_out
+
+
+#: synthesis kinds a recipe can name -> the function making one (image, liver mask) from a source
+#: (``synthesize_ct_image(ct, label, rng, scheme=..., spacing=...)``)
+CT_SYNTHESIS_KINDS = {"ct_from_label_maps": synthesize_ct_image}

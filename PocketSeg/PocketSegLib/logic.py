@@ -58,11 +58,6 @@ class SegmentOptions:
 
         return {"device": device_name(self.device), "fast": bool(self.fast), "tta": bool(self.tta)}
 
-    def inference_options(self) -> Any:
-        from pocketseg_core.inference import InferenceOptions
-
-        return InferenceOptions(**self.worker_options())
-
 
 @dataclass
 class PreparedRun:

@@ -554,7 +554,11 @@ def test_worker_stdout_carries_only_events(tmp_path):
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"kind": "nothing"}), encoding="utf-8")
     completed = subprocess.run(
-        [sys.executable, "-m", "pocketseg_core.worker", str(job)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "pocketseg_core.worker", str(job)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=False,
     )
     events = [json.loads(line) for line in completed.stdout.splitlines()]
     assert completed.returncode == 2

@@ -220,8 +220,7 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """True when the worker can run; asks before installing PyTorch (PyTorchUtils)."""
         from PocketSegLib.dependencies import ensure_torch, slicer_ask
 
-        with slicer.util.WaitCursor():
-            check = ensure_torch(slicer_ask)
+        check = ensure_torch(slicer_ask)  # asks first; PyTorchUtils shows its own progress
         if check.message:
             self.ui.statusLabel.text = check.message
             if not check.ok or check.restart_needed:

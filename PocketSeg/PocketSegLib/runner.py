@@ -294,7 +294,7 @@ class WorkerRun:
             self._log_tail = (self._log_tail + text)[-LOG_TAIL_CHARS:]
             for line in text.splitlines():
                 if line.strip():
-                    logging.debug("%s worker: %s", self.name, line)
+                    logging.info("%s worker: %s", self.name, line)
 
     def status(self) -> RunStatus:
         """Read what the child reported so far (never blocks); ends the run when the child has."""

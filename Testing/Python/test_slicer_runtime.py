@@ -275,3 +275,49 @@ def test_each_training_run_gets_a_folder_of_its_own(tmp_path):
     assert new_run_folder(tmp_path, "my brain") not in (first, second)
     source = (REPO_ROOT / "PocketSegTrain" / "PocketSegTrain.py").read_text(encoding="utf-8")
     assert "new_run_folder(folder" in source  # the GUI's Start uses it unless resuming
+
+
+# --- a training run and the scene ----------------------------------------------------------------
+
+
+def small_cases(context, count: int = 2):
+    from PocketSegTrainLib.cases import TrainingCase
+
+    array = np.full((16, 18, 20), 10.0, dtype=np.float32)
+    array[4:12, 5:13, 6:14] = 100.0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((3.0, 3.0, 3.0))
+    cases = []
+    for index in range(count):
+        volume = volume_node_from_image(context.scene, image, f"case{index}")
+        mask = sitk.Cast(image > 50, sitk.sitkUInt8)
+        cases.append(TrainingCase(volume, write_mask_to_segmentation(context, volume, mask, BRAIN), "Brain"))
+    return cases
+
+
+def test_training_is_cancelled_by_scene_close_and_ended_by_a_removed_case(tmp_path):
+    from PocketSegLib.runner import CANCELLED, FAILED
+    from PocketSegTrainLib.logic import PocketSegTrainLogic
+
+    from pocketseg_core.errors import PocketSegError
+
+    context = create_headless_context()
+    logic = PocketSegTrainLogic(context)
+    cases = small_cases(context)
+    training = logic.start(
+        logic.prepare(cases, "pocketnet-nfbs", tmp_path / "a", folds=2, epochs=1, device="cpu")
+    )
+    context.scene.RemoveNode(cases[1].segmentation_node)
+    status = training.status()
+    assert status.state == FAILED and training.run.process.poll() is not None
+    assert "case case1: 'case1 brain' was removed from the scene during the training" in str(status.error)
+    with pytest.raises(PocketSegError, match="was removed from the scene"):
+        training.finish()
+
+    cases = small_cases(context)
+    training = logic.start(
+        logic.prepare(cases, "pocketnet-nfbs", tmp_path / "b", folds=2, epochs=1, device="cpu")
+    )
+    context.scene.Clear(0)
+    assert training.status().state == CANCELLED and training.run.process.poll() is not None
+    assert not training.run.work_dir.exists()

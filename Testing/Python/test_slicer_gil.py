@@ -140,43 +140,42 @@ def head(shared_data):
 
 
 def test_gil_holding_host_skull_strip_finishes_like_pocketseg_predict(head, tmp_path):
+    """Two runs each, alternating, the faster of each compared (a shared machine's load varies
+    one run's time by more than the 1.5x under test)."""
     context = create_headless_context()
     volume = read_volume(context, head, "swiss_atlas_t1")
-    # the same job run directly: `pocketseg predict` as its own process (torch import included)
-    direct_mask = tmp_path / "direct.nii.gz"
-    direct_s = timed_process(
-        [
-            sys.executable,
-            "-m",
-            "pocketseg_core",
-            "predict",
-            "--input",
-            str(head),
-            "--output",
-            str(direct_mask),
-        ]
-        + ["--task", "skullstrip", "--device", "cpu", "--quiet"]
-    )
-    host = GilHoldingHost()
     logic = PocketSegLogic(context)
-    fractions = []
-    started = time.perf_counter()
-    running = logic.start_segment(volume, "skullstrip", CPU)  # what the Skull strip button does
-    status = host.run_until_done(running, on_poll=lambda s: fractions.append(s.fraction))
-    outcome = running.finish()
-    module_s = time.perf_counter() - started
+    host = GilHoldingHost()
+    direct_mask = tmp_path / "direct.nii.gz"
+    direct_times, module_times = [], []
+    for _ in range(2):
+        # the same job run directly: `pocketseg predict` as its own process (torch import included)
+        direct_times.append(
+            timed_process(
+                [sys.executable, "-m", "pocketseg_core", "predict", "--input", str(head)]
+                + ["--output", str(direct_mask), "--task", "skullstrip", "--device", "cpu", "--quiet"]
+            )
+        )
+        fractions = []
+        started = time.perf_counter()
+        running = logic.start_segment(volume, "skullstrip", CPU)  # what the Skull strip button does
+        status = host.run_until_done(running, on_poll=lambda s, seen=fractions: seen.append(s.fraction))
+        outcome = running.finish()
+        module_times.append(time.perf_counter() - started)
+        assert status.state == SUCCEEDED
+        assert any(0.0 < f < 1.0 for f in fractions)  # live progress while the host held the GIL
+        assert not running.run.work_dir.exists()
+    direct_s, module_s = min(direct_times), min(module_times)
     print(
-        f"\nskull strip of swiss_atlas_t1 (256x256x192): pocketseg predict {direct_s:.2f} s; "
-        f"module under a GIL-holding host {module_s:.2f} s ({host.polls} polls), ratio {module_s / direct_s:.2f}"
+        f"\nskull strip of swiss_atlas_t1 (256x256x192): pocketseg predict {direct_times[0]:.2f} / "
+        f"{direct_times[1]:.2f} s; module under a GIL-holding host {module_times[0]:.2f} / {module_times[1]:.2f} s "
+        f"({host.polls} polls); ratio of the faster runs {module_s / direct_s:.2f}"
     )
-    assert status.state == SUCCEEDED
-    assert module_s < MAX_RATIO * direct_s, (module_s, direct_s)
-    assert any(0.0 < f < 1.0 for f in fractions)  # live progress while the host held the GIL
+    assert module_s < MAX_RATIO * direct_s, (module_times, direct_times)
     # the mask came back voxel-exact: equal to pocketseg predict's on the volume's grid
     exported = segment_array_on_volume(outcome.segmentation_node, "Brain", volume)
     np.testing.assert_array_equal(exported, mask_on_volume_grid(sitk.ReadImage(str(direct_mask)), volume))
     assert exported.sum() > 100_000
-    assert not running.run.work_dir.exists()
 
 
 def test_gil_holding_host_cancel_ends_the_skull_strip_within_a_second(head):
@@ -226,8 +225,8 @@ def phantom_cases(context) -> list[TrainingCase]:
 
 
 def test_gil_holding_host_tiny_training_finishes_like_pocketseg_train(tmp_path):
-    """Two runs each, alternating, the faster of each compared: a tiny run is seconds long, and on a
-    shared machine one run's time varies by more than the 1.5x under test."""
+    """Three runs each, alternating, the faster of each compared: a tiny run is seconds long, and on
+    a shared machine one run's time varies by more than the 1.5x under test."""
     context = create_headless_context()
     logic = PocketSegTrainLogic(context)
     cases = phantom_cases(context)
@@ -235,7 +234,7 @@ def test_gil_holding_host_tiny_training_finishes_like_pocketseg_train(tmp_path):
 
     direct_times, module_times, results = [], [], []
     host = GilHoldingHost()
-    for attempt in range(2):
+    for attempt in range(3):
         prepared = logic.prepare(
             cases, "pocketnet-nfbs", tmp_path / f"module{attempt}", register=False, **TINY
         )
@@ -269,8 +268,9 @@ def test_gil_holding_host_tiny_training_finishes_like_pocketseg_train(tmp_path):
         results.append((status, lines, result, direct))
     direct_s, module_s = min(direct_times), min(module_times)
     print(
-        f"\ntiny training (4 phantoms, 2 folds x 2 epochs): pocketseg train {direct_times[0]:.2f} / "
-        f"{direct_times[1]:.2f} s; module under a GIL-holding host {module_times[0]:.2f} / {module_times[1]:.2f} s "
+        f"\ntiny training (4 phantoms, 2 folds x 2 epochs): pocketseg train "
+        f"{' / '.join(f'{t:.2f}' for t in direct_times)} s; module under a GIL-holding host "
+        f"{' / '.join(f'{t:.2f}' for t in module_times)} s "
         f"({host.polls} polls); ratio of the faster runs {module_s / direct_s:.2f}"
     )
     assert module_s < MAX_RATIO * direct_s, (module_times, direct_times)

@@ -59,17 +59,44 @@ class SegmentOptions:
         return {"device": device_name(self.device), "fast": bool(self.fast), "tta": bool(self.tta)}
 
 
+@dataclass(frozen=True)
+class LocalModel:
+    """A model on this computer: its config and bundle folder (the worker loads and verifies the
+    weights; this process never does)."""
+
+    config: Any  # pocketseg_core.bundles.BundleConfig
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.config.name)
+
+
 @dataclass
 class PreparedRun:
     """Everything a run needs, copied out of the scene; no torch object."""
 
     volume_node: Any
     image: sitk.Image
-    model_path: Path  # the bundle folder (the worker verifies its checksum)
-    config: Any  # pocketseg_core.bundles.BundleConfig
+    bundle: Any  # LocalModel (or remote_runner.RemoteModel for a server): has .config and .name
     task: str | None
     labels: list[tuple[int, segmentation.SegmentDescription]]
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> Any:
+        """The model's ``BundleConfig``."""
+        return self.bundle.config
+
+
+@dataclass
+class ComputedMask:
+    """What :meth:`PocketSegLogic.apply` reads from a finished computation."""
+
+    mask: sitk.Image  # uint8, on exactly the input's grid
+    device: str = ""
+    seconds: float = 0.0
+    messages: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -160,7 +187,7 @@ class PocketSegLogic:
         warning = modality_warning(sitk.GetArrayViewFromImage(image), config.modality)
         if warning:
             warnings.append(f"'{volume_node.GetName()}': {warning}")
-        return PreparedRun(volume_node, image, folder, config, task, labels, warnings)
+        return PreparedRun(volume_node, image, LocalModel(config, folder), task, labels, warnings)
 
     @staticmethod
     def segments_to_replace(prepared: PreparedRun, output_node: Any | None) -> list[str]:
@@ -199,7 +226,7 @@ class PocketSegLogic:
         run = WorkerRun(
             {
                 "kind": "segment",
-                "model": str(prepared.model_path),
+                "model": str(prepared.bundle.path),
                 "input": f"@{INPUT_FILE}",
                 "output": f"@{MASK_FILE}",
                 "options": options.worker_options(),
@@ -217,16 +244,15 @@ class PocketSegLogic:
     def apply(
         self,
         prepared: PreparedRun,
-        mask: sitk.Image,
+        result: Any,
         options: SegmentOptions | None = None,
         output_node: Any | None = None,
         replace_segments: bool = False,
-        device: str = "",
-        seconds: float = 0.0,
-        messages: list[str] | None = None,
     ) -> SegmentOutcome:
-        """Put a finished mask (on the input's grid) into the scene (main thread)."""
+        """Put a finished result (``.mask`` on the input's grid, ``.device``, ``.seconds``,
+        ``.messages``: a :class:`ComputedMask`) into the scene (main thread)."""
         options = options or SegmentOptions()
+        mask = result.mask
         node = segmentation.write_labels_to_segmentation(
             self.context,
             prepared.volume_node,
@@ -240,7 +266,7 @@ class PocketSegLogic:
         masked = None
         if options.create_masked_volume:
             masked = self.create_masked_volume(prepared.volume_node, mask, prepared)
-        return SegmentOutcome(node, masked, str(device), float(seconds), list(messages or []))
+        return SegmentOutcome(node, masked, str(result.device), float(result.seconds), list(result.messages))
 
     # --- one-call use -----------------------------------------------------------------------
 
@@ -431,15 +457,14 @@ class BackgroundSegmentation:
             raise error
         if self.mask is None:
             raise PocketSegError("the run ended without a mask; the details are in the log")
-        return self.logic.apply(
-            self.prepared,
+        computed = ComputedMask(
             self.mask,
-            self.options,
-            self.output_node,
-            self.replace_segments,
-            device=str(result.get("device", "")),
-            seconds=float(result.get("seconds", 0.0)),
-            messages=list(result.get("messages", [])),
+            str(result.get("device", "")),
+            float(result.get("seconds", 0.0)),
+            list(result.get("messages", [])),
+        )
+        return self.logic.apply(
+            self.prepared, computed, self.options, self.output_node, self.replace_segments
         )
 
 

@@ -18,7 +18,7 @@ from typing import Optional
 import qt
 import slicer
 import vtk
-from PocketSegLib.logic import TASKS, SegmentOptions
+from PocketSegLib.logic import SAMPLE_VOLUMES, TASKS, SegmentOptions
 from PocketSegLib.logic import PocketSegLogic as PocketSegMRMLLogic
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
@@ -32,7 +32,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-#: how often the GUI looks at a running segmentation (ms); the work runs in a background thread
+#: how often the GUI looks at a running segmentation (ms); the work runs in a child process
 POLL_INTERVAL_MS = 200
 
 
@@ -84,7 +84,7 @@ class PocketSegParameterNode:
 
 
 class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Thin GUI: picks inputs, starts a background run, polls it with a timer, shows results."""
+    """Thin GUI: picks inputs, starts a run in a child process, polls it with a timer, shows results."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -113,6 +113,7 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setRange(0, 100)
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
+        self.addSampleButtons()
         self.populateModels()
 
         self._timer = qt.QTimer()
@@ -121,8 +122,8 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._running is not None:
-            self._running.cancel()
+        if self.logic is not None:
+            self.logic.cancel_all()
         if self._timer is not None:
             self._timer.stop()
         self.removeObservers()
@@ -138,8 +139,10 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        # the logic cancels its runs on this event too; the widget also resets its controls
         if self._running is not None:
             self._running.cancel()
+            self.ui.statusLabel.text = _("Cancelled: the scene was closed.")
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -169,6 +172,31 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for button in (self.ui.skullStripButton, self.ui.segmentLiverButton):
             button.enabled = idle and hasVolume
 
+    def addSampleButtons(self) -> None:
+        """A first try without data of one's own: Slicer's sample volumes for the two buttons."""
+        row = qt.QHBoxLayout()
+        row.addWidget(qt.QLabel(_("First try:")))
+        for task, sample in SAMPLE_VOLUMES.items():
+            button = qt.QPushButton(_("Load {sample}").format(sample=sample))
+            button.toolTip = _(
+                "Load Slicer's sample volume {sample} (downloaded once) to try '{task}'"
+            ).format(sample=sample, task=TASKS[task])
+            button.connect("clicked()", lambda sample=sample: self.onLoadSample(sample))
+            row.addWidget(button)
+        row.addStretch(1)
+        self.layout.insertLayout(0, row)
+
+    def onLoadSample(self, sample: str) -> None:
+        import SampleData
+
+        with slicer.util.tryWithErrorDisplay(
+            _("Could not load the sample volume {sample}.").format(sample=sample)
+        ):
+            with slicer.util.WaitCursor():
+                node = SampleData.downloadSample(sample)
+            if node is not None and self._parameterNode is not None:
+                self._parameterNode.inputVolume = node
+
     def populateModels(self) -> None:
         """Model choices: the task's default, then every shipped or user-trained bundle."""
         combo = self.ui.modelComboBox
@@ -188,13 +216,21 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- running ----------------------------------------------------------------------------
 
-    def onSegment(self, task: str) -> None:
-        from PocketSegLib.dependencies import ensure_dependencies
+    def ensureTorch(self) -> bool:
+        """True when the worker can run; asks before installing PyTorch (PyTorchUtils)."""
+        from PocketSegLib.dependencies import ensure_torch, slicer_ask
 
+        check = ensure_torch(slicer_ask)  # asks first; PyTorchUtils shows its own progress
+        if check.message:
+            self.ui.statusLabel.text = check.message
+            if not check.ok or check.restart_needed:
+                slicer.util.warningDisplay(check.message, windowTitle=_("PocketSeg"))
+        return check.ok and not check.restart_needed
+
+    def onSegment(self, task: str) -> None:
         from pocketseg_core.errors import PocketSegError
 
-        if not ensure_dependencies(testing=slicer.app.testingEnabled()):
-            self.ui.statusLabel.text = _("PyTorch is needed to segment; it was not installed.")
+        if not self.ensureTorch():
             return
         parameters = self._parameterNode
         model = self.ui.modelComboBox.currentData or task
@@ -205,6 +241,7 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             create_masked_volume=parameters.createMaskedVolume,
             show_3d=parameters.show3D,
         )
+        outputNode = parameters.outputSegmentation
         try:
             with slicer.util.WaitCursor():
                 prepared = self.logic.prepare(parameters.inputVolume, model)
@@ -219,7 +256,25 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 warning + "\n\n" + _("Segment anyway?"), windowTitle=_("PocketSeg: unexpected image")
             ):
                 return
-        self._running = self.logic.start(prepared, options, parameters.outputSegmentation)
+        replace = self.logic.segments_to_replace(prepared, outputNode)
+        if replace and not slicer.util.confirmOkCancelDisplay(
+            _(
+                "Segmentation '{name}' already has segment(s) {segments}. Replace them? Its other segments are kept."
+            ).format(name=outputNode.GetName(), segments=", ".join(replace)),
+            windowTitle=_("PocketSeg: replace segments"),
+        ):
+            return
+        try:
+            with slicer.util.WaitCursor():  # writes the volume to a temporary file, starts the process
+                self._running = self.logic.start(
+                    prepared, options, outputNode, replace_segments=bool(replace)
+                )
+        except PocketSegError as error:
+            slicer.util.errorDisplay(str(error), windowTitle=_("PocketSeg"))
+            return
+        except Exception as error:
+            self.showUnexpectedError(_("Could not start the segmentation"), error)
+            return
         self.ui.statusLabel.text = _("{task}: starting").format(task=TASKS.get(task, task))
         self.ui.progressBar.value = 0
         self.ui.progressBar.show()
@@ -336,10 +391,16 @@ class PocketSegTest(ScriptedLoadableModuleTest):
         self.test_PocketSeg_scenario()
 
     def test_PocketSeg_scenario(self):
-        from PocketSegLib.dependencies import ensure_dependencies
+        from PocketSegLib.dependencies import TORCH_REQUIREMENT, installed_torch_version, torch_meets_floor
 
-        self.delayDisplay("Checking PyTorch")
-        self.assertTrue(ensure_dependencies(testing=True), "PyTorch could not be installed")
+        # installs nothing and changes no setting: without torch the test says so and stops
+        version = installed_torch_version()
+        if not torch_meets_floor(version):
+            self.delayDisplay(
+                f"Skipped: PyTorch {TORCH_REQUIREMENT} is not installed (found {version or 'none'}); "
+                "install it from the PyTorch Utils module to run this test"
+            )
+            return
         from PocketSegLib.selftest import run_scenario
 
         from pocketseg_core.errors import BundleError

@@ -13,13 +13,14 @@ Python console::
 """
 
 import logging
-import os
 import traceback
+from pathlib import Path
 
 import qt
 import slicer
 from PocketSegTrainLib.cases import TrainingCase
 from PocketSegTrainLib.logic import PocketSegTrainLogic as PocketSegTrainMRMLLogic
+from PocketSegTrainLib.logic import default_runs_folder, new_run_folder
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
@@ -29,7 +30,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 
-#: how often the GUI looks at a running training (ms); the work runs in a background thread
+#: how often the GUI looks at a running training (ms); the work runs in a child process
 POLL_INTERVAL_MS = 500
 PRESET_NETWORK = "(preset's network)"
 
@@ -73,13 +74,16 @@ class PocketSegTrainWidget(ScriptedLoadableModuleWidget):
         self.ui.segmentSelector.setMRMLScene(slicer.mrmlScene)
         self.logic = PocketSegTrainLogic()
 
+        # plain data: the panel fills without torch, so that it can offer to install it
         self.ui.presetComboBox.addItems(self.logic.preset_names())
         from pocketseg_core.devices import DEVICE_LABELS
-        from pocketseg_core.networks import network_names
 
-        self.ui.networkComboBox.addItems([PRESET_NETWORK, *network_names()])
+        self.ui.networkComboBox.addItems([PRESET_NETWORK, *self.logic.network_names()])
         self.ui.deviceComboBox.addItems(list(DEVICE_LABELS))
-        self.ui.outputDirectoryButton.directory = os.path.join(os.path.expanduser("~"), ".pocketseg", "runs")
+        self.ui.outputDirectoryButton.directory = str(default_runs_folder())
+        self.ui.outputDirectoryButton.toolTip = _(
+            "Each new run gets a folder of its own in here. With 'Resume', pick the run's own folder instead."
+        )
         self.ui.casesTable.horizontalHeader().setStretchLastSection(True)
 
         self.ui.addCaseButton.connect("clicked(bool)", self.onAddCase)
@@ -89,12 +93,24 @@ class PocketSegTrainWidget(ScriptedLoadableModuleWidget):
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_INTERVAL_MS)
         self.timer.connect("timeout()", self.onPoll)
+        self.sceneCloseObserver = slicer.mrmlScene.AddObserver(
+            slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose
+        )
 
     def cleanup(self):
-        if self.running is not None:
-            self.running.cancel()
+        if self.logic is not None:
+            self.logic.cancel_all()
         if self.timer is not None:
             self.timer.stop()
+        slicer.mrmlScene.RemoveObserver(self.sceneCloseObserver)
+
+    def onSceneStartClose(self, caller=None, event=None):
+        # the logic cancels its runs on this event too; the cases refer to nodes that are going
+        if self.running is not None:
+            self.running.cancel()
+            self.log(_("Cancelled: the scene was closed."))
+        self.cases = []
+        self.ui.casesTable.setRowCount(0)
 
     # --- cases ----------------------------------------------------------------------------
 
@@ -125,33 +141,53 @@ class PocketSegTrainWidget(ScriptedLoadableModuleWidget):
         logging.info(text)
 
     def onStart(self):
+        from PocketSegLib.dependencies import ensure_torch, slicer_ask
+
+        check = ensure_torch(slicer_ask)
+        if check.message:
+            self.log(check.message)
+        if not check.ok or check.restart_needed:
+            slicer.util.warningDisplay(check.message)
+            return
         network = self.ui.networkComboBox.currentText
+        modelName = self.ui.modelNameLineEdit.text.strip() or None
+        resume = self.ui.resumeCheckBox.checked
+        folder = self.ui.outputDirectoryButton.directory
+        # a new run never reuses a folder: it gets its own inside the chosen one
+        runFolder = (
+            folder if resume else new_run_folder(folder, modelName or self.ui.presetComboBox.currentText)
+        )
         try:
             prepared = self.logic.prepare(
                 list(self.cases),
                 self.ui.presetComboBox.currentText,
-                self.ui.outputDirectoryButton.directory,
+                runFolder,
                 folds=self.ui.foldsSpinBox.value,
                 epochs=self.ui.epochsSpinBox.value,
                 device=self.ui.deviceComboBox.currentText,  # Auto / CPU / GPU: see pocketseg_core.devices
                 network=None if network == PRESET_NETWORK else network,
-                resume=self.ui.resumeCheckBox.checked,
-                model_name=self.ui.modelNameLineEdit.text.strip() or None,
+                resume=resume,
+                model_name=modelName,
             )
         except Exception as error:
             slicer.util.errorDisplay(str(error))
             return
         for warning in prepared.warnings:
             self.log(_("Warning: ") + warning)
-        self.log(_("Training in {folder}").format(folder=str(prepared.run_dir)))
-        self.running = self.logic.start(prepared)
+        self.log(_("Training in {folder}").format(folder=str(prepared.output_dir)))
+        try:
+            with slicer.util.WaitCursor():  # exports the cases, starts the process
+                self.running = self.logic.start(prepared)
+        except Exception as error:
+            slicer.util.errorDisplay(str(error))
+            return
         self.ui.startButton.enabled, self.ui.stopButton.enabled = False, True
         self.timer.start()
 
     def onStop(self):
         if self.running is not None:
             self.running.cancel()
-            self.ui.statusLabel.text = _("Stopping after the current step...")
+            self.ui.statusLabel.text = _("Stopped.")
 
     def onPoll(self):
         if self.running is None:
@@ -210,11 +246,21 @@ class PocketSegTrainTest(ScriptedLoadableModuleTest):
 
         import numpy as np
         import SimpleITK as sitk
+        from PocketSegLib.dependencies import TORCH_REQUIREMENT, installed_torch_version, torch_meets_floor
+        from PocketSegLib.scene_context import SlicerContext
         from PocketSegLib.segmentation import BRAIN, write_mask_to_segmentation
         from PocketSegLib.volume_io import volume_node_from_image
 
         from pocketseg_core.errors import DatasetError
 
+        # installs nothing and changes no setting: without torch the test says so and stops
+        version = installed_torch_version()
+        if not torch_meets_floor(version):
+            self.delayDisplay(
+                f"Skipped: PyTorch {TORCH_REQUIREMENT} is not installed (found {version or 'none'}); "
+                "install it from the PyTorch Utils module to run this test"
+            )
+            return
         self.delayDisplay("Building four phantom heads")
         cases = []
         grid = np.mgrid[0:32, 0:32, 0:32].astype(np.float32)
@@ -228,8 +274,6 @@ class PocketSegTrainTest(ScriptedLoadableModuleTest):
             volume = volume_node_from_image(slicer.mrmlScene, image, f"phantom{index}")
             mask = sitk.GetImageFromArray(inside.astype(np.uint8))
             mask.CopyInformation(image)
-            from PocketSegLib.scene_context import SlicerContext
-
             segmentation = write_mask_to_segmentation(SlicerContext.from_slicer(), volume, mask, BRAIN)
             cases.append(TrainingCase(volume, segmentation, BRAIN.name))
         logic = PocketSegTrainLogic()
@@ -237,17 +281,18 @@ class PocketSegTrainTest(ScriptedLoadableModuleTest):
             logic.prepare(cases[:1], "pocketnet-nfbs", tempfile.mkdtemp(), folds=2)
 
         self.delayDisplay("Training 2 folds x 1 epoch on CPU")
-        os.environ.setdefault("POCKETSEG_MODELS_DIR", tempfile.mkdtemp())
-        result = logic.run(
-            cases, "pocketnet-nfbs", tempfile.mkdtemp(), folds=2, epochs=1, device="cpu",
-            model_name="selftest-phantom", spacing=(4.0, 4.0, 4.0), window_mode="patch3d",
-            window_size_zyx=(16, 16, 16), patch_size_zyx=(16, 16, 16),
-            network_args={"init_filters": 4, "depth": 2, "pool_size": 2},
-            steps_per_epoch=4, batch_size=2, augmentation=[], amp=False, show_progress=False,
-        )  # fmt: skip
-        self.assertEqual(len(result.prediction_nodes), 4)
-        self.assertEqual(result.prediction_nodes["phantom0"].GetName(), "phantom0 pocket_unet3d CV")
-        self.assertEqual(result.table_node.GetNumberOfRows(), 6)  # 4 cases + mean + std
-        self.assertEqual(result.chart_node.GetNumberOfPlotSeriesNodes(), 4)  # 2 folds x 2 quantities
-        self.assertIsNotNone(result.model_path)
+        with tempfile.TemporaryDirectory() as folder:
+            result = logic.run(
+                cases, "pocketnet-nfbs", folder, folds=2, epochs=1, device="cpu",
+                model_name="selftest-phantom", register=False, spacing=(4.0, 4.0, 4.0), window_mode="patch3d",
+                window_size_zyx=(16, 16, 16), patch_size_zyx=(16, 16, 16),
+                network_args={"init_filters": 4, "depth": 2, "pool_size": 2},
+                steps_per_epoch=4, batch_size=2, augmentation=[], amp=False, show_progress=False,
+            )  # fmt: skip
+            self.assertEqual(len(result.prediction_nodes), 4)
+            self.assertEqual(result.prediction_nodes["phantom0"].GetName(), "phantom0 pocket_unet3d CV")
+            self.assertEqual(result.table_node.GetNumberOfRows(), 6)  # 4 cases + mean + std
+            self.assertEqual(result.chart_node.GetNumberOfPlotSeriesNodes(), 4)  # 2 folds x 2 quantities
+            self.assertIsNone(result.model_path)  # register=False: the user's model catalog is untouched
+            self.assertTrue((Path(result.cross_validation["bundle_path"]) / "bundle.json").is_file())
         self.delayDisplay("Test passed")

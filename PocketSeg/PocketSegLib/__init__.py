@@ -9,7 +9,9 @@ tests (``slicer-core``, no GUI):
 - ``volume_io``      volume node <-> SimpleITK image with exact geometry (RAS <-> LPS)
 - ``segmentation``   segmentation nodes with named, coloured, SNOMED-coded segments
 - ``comparison``     two segments -> a table node of the eight metrics
-- ``runner``         a background thread running inference with progress and cancel
+- ``runner``         a child process (``python -m pocketseg_core.worker``) polled without threads,
+                     with progress, Cancel (kills its process group) and its temporary folder
+- ``dependencies``   torch checked without importing it, installed only after asking
 - ``logic``          :class:`PocketSegLogic`, used by the module's widget and the Python console
 
 Nothing here imports ``qt`` or ``ctk``; the widget in ``PocketSeg.py`` is the only Qt code.

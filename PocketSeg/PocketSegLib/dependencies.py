@@ -1,87 +1,148 @@
-"""PyTorch (and tqdm) inside Slicer: detect, and install on request.
+"""PyTorch inside Slicer: check without importing it, install only after asking.
 
-Slicer's Python has numpy and SimpleITK but not torch. The PyTorch extension's
-``PyTorchUtils`` installs the torch build that fits the machine's CUDA driver (light-the-torch);
-PocketSeg depends on that extension (``EXTENSION_DEPENDS PyTorch``) and falls back on
-``pip install torch`` when it is absent. The user is asked first, except in testing mode
-(Slicer's ctest), where nobody is there to answer.
+Slicer's Python has numpy and SimpleITK but not torch. PocketSeg's own process never imports
+torch (the work runs in a child process, see ``runner``), so the check reads the installed
+package's version from its metadata. When torch is missing or older than :data:`TORCH_FLOOR`
+(pyproject's requirement), the user is asked, and the PyTorch extension's ``PyTorchUtils``
+installs the build that fits the machine (light-the-torch picks CPU or the CUDA driver's build).
+There is no plain ``pip install torch`` fallback: on Linux it pulls a multi-GB CUDA build without
+saying so; without the PyTorch extension the user is told to install it.
 
+Nothing is installed in testing mode or by the self-tests: they skip with a message.
 Nothing here imports Qt: dialogs go through ``slicer.util`` only when running inside Slicer.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
+import importlib.metadata
+import re
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-#: packages pocketseg_core imports at run time that Slicer's Python may lack (module -> pip name)
-EXTRA_PACKAGES: dict[str, str] = {"tqdm": "tqdm"}
-
-TORCH_QUESTION = (
-    "PocketSeg needs PyTorch, which is not installed in Slicer yet.\n\n"
-    "Install it now? This downloads several hundred MB (more with GPU support) and may take "
-    "a few minutes; Slicer may need a restart afterwards."
-)
+#: the lowest torch PocketSeg runs on (pyproject.toml: ``torch>=2.2``; a test keeps them equal)
+TORCH_FLOOR = "2.2"
+TORCH_REQUIREMENT = f">={TORCH_FLOOR}"
 
 
-def torch_installed() -> bool:
-    """True when ``import torch`` works in this Python."""
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"2.13.0+cpu"`` -> ``(2, 13, 0)`` (the numeric release part only)."""
+    match = re.match(r"\s*(\d+(?:\.\d+)*)", version or "")
+    return tuple(int(part) for part in match.group(1).split(".")) if match else ()
+
+
+def installed_torch_version() -> str | None:
+    """The installed torch's version from its package metadata (torch is not imported)."""
     try:
-        importlib.import_module("torch")
-    except ImportError:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def torch_meets_floor(version: str | None) -> bool:
+    if not version:
         return False
-    return True
+    have, floor = version_tuple(version), version_tuple(TORCH_FLOOR)
+    return have[: len(floor)] >= floor
 
 
-def missing_extra_packages() -> list[str]:
-    """pip names of the small packages pocketseg_core needs that are missing here."""
-    missing = []
-    for module, package in EXTRA_PACKAGES.items():
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            missing.append(package)
-    return missing
+@dataclass(frozen=True)
+class TorchCheck:
+    """The outcome of :func:`ensure_torch`: usable or not, and what to tell the user."""
+
+    ok: bool
+    version: str | None
+    message: str = ""
+    restart_needed: bool = False
 
 
-def ensure_dependencies(
-    ask: Callable[[str], bool] | None = None,
-    testing: bool = False,
-    pip_install: Callable[[str], None] | None = None,
-) -> bool:
-    """Make torch (and the extras) importable; returns False when the user declined.
+def torch_question(version: str | None) -> str:
+    what = (
+        f"PocketSeg needs PyTorch {TORCH_REQUIREMENT}, which is not installed in Slicer yet."
+        if version is None
+        else f"PocketSeg needs PyTorch {TORCH_REQUIREMENT}; this Slicer has PyTorch {version}."
+    )
+    return (
+        f"{what}\n\nInstall it now through the PyTorch extension? It downloads the build that fits this "
+        "computer (several hundred MB for CPU, a few GB with GPU support) and may take minutes."
+    )
+
+
+def ensure_torch(
+    ask: Callable[[str], bool],
+    installer: Callable[[str], Any] | None = None,
+    version: Callable[[], str | None] = installed_torch_version,
+) -> TorchCheck:
+    """Make torch usable by the worker, asking before any install.
 
     Args:
-        ask: shows a question, returns True for OK (default: ``slicer.util.confirmOkCancelDisplay``).
-        testing: Slicer's testing mode: install without asking.
-        pip_install: installs a pip requirement (default: ``slicer.util.pip_install``).
+        ask: shows the question, returns True for OK.
+        installer: ``installer(requirement)`` installs torch (default: the PyTorch extension's
+            ``PyTorchUtilsLogic().installTorch``); absent extension -> a message, no install.
+        version: reads the installed version (default: package metadata).
     """
-    import slicer
+    found = version()
+    if torch_meets_floor(found):
+        return TorchCheck(True, found)
+    if not ask(torch_question(found)):
+        return TorchCheck(False, found, "PyTorch is needed to segment or train; it was not installed.")
+    if installer is None:
+        installer = pytorch_utils_installer()
+        if installer is None:
+            return TorchCheck(
+                False,
+                found,
+                "The PyTorch extension is not installed: install 'PyTorch' from the Extensions Manager, "
+                "restart Slicer, then try again.",
+            )
+    already_imported = "torch" in sys.modules  # an old torch loaded here stays loaded until restart
+    try:
+        installer(TORCH_REQUIREMENT)
+    except Exception as error:  # a failed download or pip error: shown, never a traceback dialog
+        return TorchCheck(
+            False,
+            version(),
+            f"PyTorch could not be installed ({type(error).__name__}: {error}). Check the network connection "
+            "and the disk space, or install PyTorch from the PyTorch Utils module, then try again.",
+        )
+    now = version()
+    if not torch_meets_floor(now):
+        return TorchCheck(
+            False,
+            now,
+            f"PyTorch {TORCH_REQUIREMENT} is still missing after the installation (found {now or 'none'}); "
+            "install it from the PyTorch Utils module and restart Slicer.",
+        )
+    if already_imported:
+        return TorchCheck(
+            True, now, f"PyTorch {now} was installed; restart Slicer before using it.", restart_needed=True
+        )
+    return TorchCheck(True, now, f"PyTorch {now} was installed.")
 
-    ask = ask or (lambda question: slicer.util.confirmOkCancelDisplay(question, "PocketSeg needs PyTorch"))
-    pip_install = pip_install or slicer.util.pip_install
-    if not torch_installed():
-        if not testing and not ask(TORCH_QUESTION):
-            return False
-        install_torch(pip_install)
-    for package in missing_extra_packages():
-        logging.info("PocketSeg: installing %s", package)
-        pip_install(package)
-    return torch_installed()
 
-
-def install_torch(pip_install: Callable[[str], None]) -> None:
-    """Install torch through the PyTorch extension when present, else with pip (CPU/CUDA as pip chooses)."""
+def pytorch_utils_installer() -> Callable[[str], Any] | None:
+    """``installer(requirement)`` through the PyTorch extension, or None when it is absent."""
     try:
         import PyTorchUtils  # the PyTorch extension (SlicerPyTorch)
     except ImportError:
-        logging.warning(
-            "PocketSeg: the PyTorch extension is not installed; installing torch with pip instead"
+        return None
+
+    def install(requirement: str) -> Any:
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False, torchVersionRequirement=requirement
         )
-        pip_install("torch")
-        return
-    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
-    if torch is None:
-        logging.warning("PocketSeg: PyTorchUtils did not install torch; trying pip")
-        pip_install("torch")
+        if torch is None:
+            raise RuntimeError("PyTorchUtils did not install torch")
+        return torch
+
+    return install
+
+
+def slicer_ask(question: str) -> bool:
+    """Ask in a Slicer dialog; never in testing mode (nobody is there to answer: no install)."""
+    import slicer
+
+    if slicer.app.testingEnabled():
+        return False
+    return bool(slicer.util.confirmOkCancelDisplay(question, windowTitle="PocketSeg needs PyTorch"))

@@ -7,11 +7,14 @@ Used by the module's widget and from Slicer's Python console::
     seg = logic.segment(volumeNode, "skullstrip")   # -> "<volume> brain", segment "Brain"
     table = logic.compare(referenceSeg, "Brain", seg, "Brain")
 
-A run has three steps so that the GUI can run the middle one in a background thread:
-:meth:`PocketSegLogic.prepare` copies the voxels out of the scene (main thread),
-:meth:`PocketSegLogic.compute` runs ``pocketseg_core`` inference (any thread, no MRML), and
-:meth:`PocketSegLogic.apply` puts the result into the scene (main thread). Nothing is added to
-the scene before ``apply``: a cancelled or failed run leaves it exactly as it was.
+A run has three steps, and only the middle one computes, in a child process
+(:mod:`PocketSegLib.runner`): :meth:`PocketSegLogic.prepare` checks the input and copies its
+voxels out of the scene (main thread, no torch); :meth:`PocketSegLogic.start` writes them to a
+temporary file with their geometry and starts ``python -m pocketseg_core.worker``, which writes
+the mask back as a file; :meth:`BackgroundSegmentation.finish` puts the mask into the scene (main
+thread). Nothing is added to the scene before ``finish``: a cancelled or failed run leaves it
+exactly as it was. This process never imports torch: the module works, lists its models and
+offers to install torch where ``import torch`` fails.
 """
 
 from __future__ import annotations
@@ -21,16 +24,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk
 
-from pocketseg_core.errors import InputImageError, PocketSegError
+from pocketseg_core.errors import GridMismatchError, InputImageError, PocketSegError
 from pocketseg_core.postprocessing import mask_array
 from PocketSegLib import comparison, segmentation, volume_io
-from PocketSegLib.runner import BackgroundRun, ProgressCallback
+from PocketSegLib.runner import RUNNING, ProgressCallback, RunStatus, WorkerRun
 from PocketSegLib.scene_context import SlicerContext, default_context
 
 #: the two buttons: task alias of the catalog -> what it is for (shown in the GUI)
 TASKS: dict[str, str] = {"skullstrip": "Skull strip (T1 MRI)", "liver": "Segment liver (CT)"}
+#: Slicer's sample volumes (SampleData module) offered for a first try of each button
+SAMPLE_VOLUMES: dict[str, str] = {"skullstrip": "MRHead", "liver": "CTLiver"}
+#: largest difference (mm, direction cosine) accepted between the mask file's grid and the input's
+MASK_GRID_TOLERANCE = 1e-6
+INPUT_FILE, MASK_FILE = "input.mha", "mask.mha"  # MetaImage keeps the geometry's doubles exactly
 
 
 @dataclass
@@ -43,23 +52,51 @@ class SegmentOptions:
     create_masked_volume: bool = False  # also create "<volume> skull-stripped" / "<volume> masked"
     show_3d: bool = False  # also build the 3D surface and show it
 
-    def inference_options(self) -> Any:
+    def worker_options(self) -> dict[str, Any]:
+        """The ``InferenceOptions`` fields the worker receives (plain data; device checked here)."""
         from pocketseg_core.devices import device_name
-        from pocketseg_core.inference import InferenceOptions
 
-        return InferenceOptions(device=device_name(self.device), fast=self.fast, tta=self.tta)
+        return {"device": device_name(self.device), "fast": bool(self.fast), "tta": bool(self.tta)}
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model on this computer: its config and bundle folder (the worker loads and verifies the
+    weights; this process never does)."""
+
+    config: Any  # pocketseg_core.bundles.BundleConfig
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.config.name)
 
 
 @dataclass
 class PreparedRun:
-    """Everything a background computation needs, copied out of the scene."""
+    """Everything a run needs, copied out of the scene; no torch object."""
 
     volume_node: Any
     image: sitk.Image
-    bundle: Any  # pocketseg_core.bundles.ModelBundle
+    bundle: Any  # LocalModel (or remote_runner.RemoteModel for a server): has .config and .name
     task: str | None
     labels: list[tuple[int, segmentation.SegmentDescription]]
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> Any:
+        """The model's ``BundleConfig``."""
+        return self.bundle.config
+
+
+@dataclass
+class ComputedMask:
+    """What :meth:`PocketSegLogic.apply` reads from a finished computation."""
+
+    mask: sitk.Image  # uint8, on exactly the input's grid
+    device: str = ""
+    seconds: float = 0.0
+    messages: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -79,6 +116,7 @@ class PocketSegLogic:
     def __init__(self, context: SlicerContext | None = None) -> None:
         self._context = context
         self._bundles: dict[str, Any] = {}
+        self._runs: list[BackgroundSegmentation] = []
 
     @property
     def context(self) -> SlicerContext:
@@ -86,7 +124,7 @@ class PocketSegLogic:
             self._context = default_context()
         return self._context
 
-    # --- models ---------------------------------------------------------------------------
+    # --- models (plain data: no torch) ----------------------------------------------------------
 
     @staticmethod
     def available_models() -> list[dict[str, Any]]:
@@ -95,13 +133,33 @@ class PocketSegLogic:
 
         return [entry.to_dict() for entry in list_bundles()]
 
+    @staticmethod
+    def model_folder(model: Any) -> Path:
+        """The bundle folder of a task alias, catalog name, folder path or loaded ``ModelBundle``."""
+        from pocketseg_core.bundles import resolve_bundle
+
+        if hasattr(model, "config") and hasattr(model, "state_dict"):
+            if getattr(model, "path", None) is None:
+                raise PocketSegError(
+                    f"model '{model.config.name}' has no folder; save it with pocketseg_core.bundles.save_bundle "
+                    "and pass the folder"
+                )
+            return Path(model.path).resolve()
+        return resolve_bundle(os.fspath(model) if isinstance(model, Path) else model).resolve()
+
+    def model_config(self, model: Any) -> Any:
+        """The ``BundleConfig`` of a model (its weights are not read; no torch)."""
+        from pocketseg_core.bundles import read_config
+
+        return read_config(self.model_folder(model))
+
     def load_model(self, model: Any) -> Any:
-        """A loaded bundle from a task alias, catalog name, folder path or a ``ModelBundle`` (cached)."""
+        """A loaded bundle (weights verified; needs torch). The self-test compares with it."""
         if hasattr(model, "config") and hasattr(model, "state_dict"):
             return model
-        from pocketseg_core.bundles import load_bundle, resolve_bundle
+        from pocketseg_core.bundles import load_bundle
 
-        folder = str(resolve_bundle(os.fspath(model) if isinstance(model, Path) else model).resolve())
+        folder = str(self.model_folder(model))
         if folder not in self._bundles:
             self._bundles[folder] = load_bundle(folder)
         return self._bundles[folder]
@@ -109,7 +167,7 @@ class PocketSegLogic:
     # --- the three steps ------------------------------------------------------------------
 
     def prepare(self, volume_node: Any, model: Any = "skullstrip") -> PreparedRun:
-        """Check the input and copy its voxels out of the scene (main thread)."""
+        """Check the input and copy its voxels out of the scene (main thread; no torch)."""
         if volume_node is None:
             raise InputImageError("no volume selected: pick the image to segment first")
         image = volume_io.image_from_volume_node(volume_node)
@@ -119,8 +177,8 @@ class PocketSegLogic:
                 f"volume '{volume_node.GetName()}' is a single slice ({size[0]} x {size[1]} x {size[2]} voxels): "
                 "PocketSeg needs a 3D volume; load the whole series"
             )
-        bundle = self.load_model(model)
-        config = bundle.config
+        folder = self.model_folder(model)
+        config = self.model_config(folder)
         task = config.task or (model if isinstance(model, str) and model in TASKS else None)
         labels = [(label.value, segmentation.describe_label(label, task)) for label in config.labels]
         from pocketseg_core.preprocessing import modality_warning
@@ -129,16 +187,59 @@ class PocketSegLogic:
         warning = modality_warning(sitk.GetArrayViewFromImage(image), config.modality)
         if warning:
             warnings.append(f"'{volume_node.GetName()}': {warning}")
-        return PreparedRun(volume_node, image, bundle, task, labels, warnings)
+        return PreparedRun(volume_node, image, LocalModel(config, folder), task, labels, warnings)
 
     @staticmethod
-    def compute(
-        prepared: PreparedRun, options: SegmentOptions, progress: ProgressCallback | None = None
-    ) -> Any:
-        """Run inference (any thread; never touches MRML). Returns ``SegmentationResult``."""
-        from pocketseg_core.inference import segment_image
+    def segments_to_replace(prepared: PreparedRun, output_node: Any | None) -> list[str]:
+        """Names of the output segmentation's segments this run would replace (same names)."""
+        if output_node is None:
+            return []
+        return segmentation.existing_segment_names(output_node, [d.name for _, d in prepared.labels])
 
-        return segment_image(prepared.image, prepared.bundle, options.inference_options(), progress)
+    def start(
+        self,
+        prepared: PreparedRun,
+        options: SegmentOptions | None = None,
+        output_node: Any | None = None,
+        replace_segments: bool = False,
+    ) -> BackgroundSegmentation:
+        """Start the computation of a prepared run in a child process; poll ``status()``, then
+        call ``finish()`` on the main thread. The GUI asks about warnings in between.
+
+        Into an existing ``output_node``, only segments named like the model's labels are
+        replaced, and only with ``replace_segments=True``: otherwise a same-name segment is a
+        :class:`PocketSegError` before anything starts.
+        """
+        options = options or SegmentOptions()
+        if output_node is not None:
+            if not output_node.IsA("vtkMRMLSegmentationNode"):
+                raise PocketSegError(
+                    f"'{output_node.GetName()}' is not a segmentation node: pick a segmentation"
+                )
+            clashes = self.segments_to_replace(prepared, output_node)
+            if clashes and not replace_segments:
+                raise PocketSegError(
+                    f"segmentation '{output_node.GetName()}' already has segment(s) {', '.join(clashes)}: "
+                    "allow replacing them (replace_segments=True) or choose a new segmentation"
+                )
+        image = prepared.image
+        run = WorkerRun(
+            {
+                "kind": "segment",
+                "model": str(prepared.bundle.path),
+                "input": f"@{INPUT_FILE}",
+                "output": f"@{MASK_FILE}",
+                "options": options.worker_options(),
+            },
+            files={INPUT_FILE: lambda path: sitk.WriteImage(image, str(path))},
+            name="PocketSeg",
+        )
+        running = BackgroundSegmentation(self, prepared, options, output_node, run, bool(replace_segments))
+        run.on_finish(running.read_mask)
+        run.start()
+        running.watch_scene()
+        self._runs.append(running)
+        return running
 
     def apply(
         self,
@@ -146,8 +247,10 @@ class PocketSegLogic:
         result: Any,
         options: SegmentOptions | None = None,
         output_node: Any | None = None,
+        replace_segments: bool = False,
     ) -> SegmentOutcome:
-        """Put a finished result into the scene (main thread)."""
+        """Put a finished result (``.mask`` on the input's grid, ``.device``, ``.seconds``,
+        ``.messages``: a :class:`ComputedMask`) into the scene (main thread)."""
         options = options or SegmentOptions()
         mask = result.mask
         node = segmentation.write_labels_to_segmentation(
@@ -158,6 +261,7 @@ class PocketSegLogic:
             name=self._node_name(prepared),
             output_node=output_node,
             show_3d=options.show_3d,
+            replace_segments=replace_segments,
         )
         masked = None
         if options.create_masked_volume:
@@ -173,12 +277,16 @@ class PocketSegLogic:
         options: SegmentOptions | None = None,
         progress: ProgressCallback | None = None,
         output_node: Any | None = None,
+        replace_segments: bool = False,
     ) -> Any:
-        """Segment ``volume_node`` and return the segmentation node (blocking; console use)."""
-        options = options or SegmentOptions()
-        prepared = self.prepare(volume_node, model)
-        result = self.compute(prepared, options, progress)
-        return self.apply(prepared, result, options, output_node).segmentation_node
+        """Segment ``volume_node`` and return the segmentation node (blocking; console use).
+
+        The work runs in a child process all the same; ``progress(fraction, message)``
+        returning False cancels it (``Cancelled`` is raised, the scene is unchanged).
+        """
+        running = self.start(self.prepare(volume_node, model), options, output_node, replace_segments)
+        running.wait(progress)
+        return running.finish().segmentation_node
 
     def start_segment(
         self,
@@ -186,17 +294,21 @@ class PocketSegLogic:
         model: Any = "skullstrip",
         options: SegmentOptions | None = None,
         output_node: Any | None = None,
+        replace_segments: bool = False,
     ) -> BackgroundSegmentation:
-        """Start a run in a background thread; poll it, then call ``finish()`` on the main thread."""
-        return self.start(self.prepare(volume_node, model), options, output_node)
+        """Prepare and start a run; poll ``status()``, then call ``finish()`` on the main thread."""
+        return self.start(self.prepare(volume_node, model), options, output_node, replace_segments)
 
-    def start(
-        self, prepared: PreparedRun, options: SegmentOptions | None = None, output_node: Any | None = None
-    ) -> BackgroundSegmentation:
-        """Start computing an already prepared run in a background thread (the GUI warns in between)."""
-        options = options or SegmentOptions()
-        run = BackgroundRun(lambda progress: self.compute(prepared, options, progress)).start()
-        return BackgroundSegmentation(self, prepared, options, output_node, run)
+    def running(self) -> list[BackgroundSegmentation]:
+        """The runs started by this logic that have not ended yet."""
+        self._runs = [run for run in self._runs if not run.run.status().done]
+        return list(self._runs)
+
+    def cancel_all(self) -> None:
+        """Cancel every run of this logic (the module calls it when the scene closes)."""
+        for running in list(self._runs):
+            running.cancel()
+        self._runs = []
 
     def compare(
         self,
@@ -225,7 +337,7 @@ class PocketSegLogic:
         volume_name = prepared.volume_node.GetName()
         if len(prepared.labels) == 1:
             return f"{volume_name} {prepared.labels[0][1].node_suffix}"
-        return f"{volume_name} {prepared.bundle.config.name}"
+        return f"{volume_name} {prepared.config.name}"
 
     def create_masked_volume(
         self, volume_node: Any, mask: sitk.Image, prepared: PreparedRun | None = None
@@ -236,7 +348,7 @@ class PocketSegLogic:
         if inside.shape != array.shape:
             raise PocketSegError("the mask does not have the volume's size; cannot mask the volume")
         is_brain = prepared is not None and prepared.task == "skullstrip"
-        modality = prepared.bundle.config.modality if prepared is not None else "MR"
+        modality = prepared.config.modality if prepared is not None else "MR"
         masked = mask_array(array, inside, modality)
         image = volume_io.image_from_array_on_volume(masked, volume_node)
         name = f"{volume_node.GetName()} {'skull-stripped' if is_brain else 'masked'}"
@@ -252,7 +364,12 @@ class PocketSegLogic:
 
 
 class BackgroundSegmentation:
-    """A segmentation running in a background thread (see :class:`PocketSegLogic.start_segment`)."""
+    """A segmentation running in a child process (see :meth:`PocketSegLogic.start`).
+
+    ``status()`` never blocks; it also ends the run, with a clear message, when the input
+    volume or the output segmentation was removed from the scene meanwhile, and the run is
+    cancelled when the scene closes. ``finish()`` applies the result on the main thread.
+    """
 
     def __init__(
         self,
@@ -260,23 +377,114 @@ class BackgroundSegmentation:
         prepared: PreparedRun,
         options: SegmentOptions,
         output_node: Any | None,
-        run: BackgroundRun,
+        run: WorkerRun,
+        replace_segments: bool = False,
     ) -> None:
-        self.logic, self.prepared, self.options, self.output_node, self.run = (
-            logic,
-            prepared,
-            options,
-            output_node,
-            run,
-        )
+        self.logic, self.prepared, self.options, self.output_node = logic, prepared, options, output_node
+        self.run, self.replace_segments = run, replace_segments
+        self.mask: sitk.Image | None = None
+        self._observer: int | None = None
 
-    def status(self):
+    # --- the scene while the run is on -------------------------------------------------------
+
+    def watch_scene(self) -> None:
+        """Cancel the run when the scene starts closing (File > Close scene, scene.Clear())."""
+        import slicer
+
+        scene = self.logic.context.scene
+        self._observer = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._on_scene_close)
+
+    def _on_scene_close(self, caller: Any = None, event: Any = None) -> None:
+        self.cancel()
+
+    def _unwatch_scene(self) -> None:
+        if self._observer is not None:
+            self.logic.context.scene.RemoveObserver(self._observer)
+            self._observer = None
+
+    def missing_node_error(self) -> PocketSegError | None:
+        """A clear error when the input or output node has left the scene, else None."""
+        scene = self.logic.context.scene
+        volume = self.prepared.volume_node
+        if not scene.IsNodePresent(volume):
+            return PocketSegError(
+                f"volume '{volume.GetName()}' was removed from the scene during the run; nothing was added. "
+                "Load the volume again and rerun"
+            )
+        if self.output_node is not None and not scene.IsNodePresent(self.output_node):
+            return PocketSegError(
+                f"segmentation '{self.output_node.GetName()}' was removed from the scene during the run; "
+                "nothing was added. Choose another output segmentation and rerun"
+            )
+        return None
+
+    # --- the run ------------------------------------------------------------------------------
+
+    def read_mask(self, run: WorkerRun) -> None:
+        """Called when the child has ended (before its temporary folder goes): read the mask."""
+        self._unwatch_scene()
+        if run.status().state != "succeeded":
+            return
+        mask = sitk.ReadImage(str(run.path(MASK_FILE)))
+        self.mask = mask_on_input_grid(mask, self.prepared.image)
+
+    def status(self) -> RunStatus:
+        if self.run.status().state == RUNNING:
+            error = self.missing_node_error()
+            if error is not None:
+                self.run.cancel(reason=error)
         return self.run.status()
 
     def cancel(self) -> None:
         self.run.cancel()
+        self._unwatch_scene()
+
+    def wait(self, progress: ProgressCallback | None = None, timeout: float | None = None) -> RunStatus:
+        """Block until the run ends (console use); ``progress`` returning False cancels it."""
+
+        def watching(fraction: float, message: str) -> bool:
+            if self.status().done:
+                return True
+            return True if progress is None else progress(fraction, message) is not False
+
+        return self.run.wait(watching, timeout)
 
     def finish(self) -> SegmentOutcome:
         """Main thread, once ``status().done``: apply the result, or raise the run's error/``Cancelled``."""
         result = self.run.result()
-        return self.logic.apply(self.prepared, result, self.options, self.output_node)
+        error = self.missing_node_error()
+        if error is not None:
+            raise error
+        if self.mask is None:
+            raise PocketSegError("the run ended without a mask; the details are in the log")
+        computed = ComputedMask(
+            self.mask,
+            str(result.get("device", "")),
+            float(result.get("seconds", 0.0)),
+            list(result.get("messages", [])),
+        )
+        return self.logic.apply(
+            self.prepared, computed, self.options, self.output_node, self.replace_segments
+        )
+
+
+def mask_on_input_grid(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """The worker's mask, checked to lie on exactly the input's grid, with the input's header.
+
+    The files are MetaImage, which keeps the geometry's doubles; the check guards against a
+    worker that resampled or reoriented anything.
+    """
+    same = (
+        mask.GetSize() == image.GetSize()
+        and np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=0, atol=MASK_GRID_TOLERANCE)
+        and np.allclose(mask.GetOrigin(), image.GetOrigin(), rtol=0, atol=MASK_GRID_TOLERANCE)
+        and np.allclose(mask.GetDirection(), image.GetDirection(), rtol=0, atol=MASK_GRID_TOLERANCE)
+    )
+    if not same:
+        raise GridMismatchError(
+            f"the worker's mask ({mask.GetSize()}) is not on the input's grid ({image.GetSize()}); "
+            "nothing was added"
+        )
+    mask = sitk.Cast(mask, sitk.sitkUInt8)
+    mask.CopyInformation(image)
+    return mask

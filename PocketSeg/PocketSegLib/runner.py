@@ -1,28 +1,55 @@
-"""Run a long job in a background thread with progress and cancel, for a GUI that never freezes.
+"""Run a long job in a child process with progress and Cancel, for a GUI that never freezes.
 
-The widget starts a :class:`BackgroundRun` and polls :meth:`BackgroundRun.status` from a timer
-(as SlicerMONAIAuto3DSeg polls its process). The job receives a ``progress(fraction, message)``
-callback that returns ``False`` once :meth:`BackgroundRun.cancel` was called:
-``pocketseg_core.inference.segment_image`` then raises ``Cancelled`` within one batch of
-windows. The job must not touch the MRML scene (VTK/MRML are not thread-safe): the caller
-applies the result on the main thread after the run is done, so a cancelled or failed run
-leaves the scene exactly as it was.
+Why a process and not a thread: inside the Slicer application the main thread holds Python's
+GIL while Qt's event loop waits (CTK starts PythonQt without thread support and nothing releases
+the GIL), so a Python thread advances only when the GUI happens to run Python: a 7 s skull strip
+took 248 s, and Cancel was as late. SlicerMONAIAuto3DSeg and SlicerTotalSegmentator run their
+work in ``PythonSlicer`` for the same reason.
+
+A :class:`WorkerRun` writes the job as a JSON file into its own temporary folder, starts
+``python -m pocketseg_core.worker job.json`` (``PythonSlicer`` inside Slicer, ``sys.executable``
+elsewhere) in a new process group, and never waits on it: :meth:`WorkerRun.status` (called by
+the widget's QTimer, or by the blocking :meth:`WorkerRun.wait`) reads whatever JSON lines the
+child has written to its stdout pipe without blocking, and the child's stderr goes to a log file
+in the same folder. :meth:`WorkerRun.cancel` kills the whole process group at once (the child
+writes its outputs atomically, so nothing half-written is left); the temporary folder is removed
+in every outcome, as soon as the run has ended and its result was read.
+
+No thread is started here, so the run advances whatever the host does with the GIL.
 """
 
 from __future__ import annotations
 
-import threading
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pocketseg_core.errors import Cancelled
+from pocketseg_core import errors
+from pocketseg_core.errors import Cancelled, PocketSegError
 
 ProgressCallback = Callable[[float, str], bool]
 
 RUNNING, SUCCEEDED, CANCELLED, FAILED = "running", "succeeded", "cancelled", "failed"
+#: how long a killed child may take to be reaped before we stop waiting (s)
+KILL_WAIT_S = 1.0
+#: the last part of the child's stderr kept for an error's details (characters)
+LOG_TAIL_CHARS = 20_000
+#: environment variables passed on to the child even from Slicer's clean start-up environment
+PASSED_ENVIRONMENT_PREFIXES = ("POCKETSEG_",)
+
+
+class WorkerFailed(PocketSegError):
+    """The child process failed on something that is not the user's input (a bug, a crash)."""
 
 
 @dataclass(frozen=True)
@@ -41,81 +68,338 @@ class RunStatus:
         return self.state != RUNNING
 
 
-class BackgroundRun:
-    """``job(progress)`` in a daemon thread; thread-safe status, cancel and result."""
+def core_folder() -> Path:
+    """The folder that holds the ``pocketseg_core`` package (put on the child's PYTHONPATH)."""
+    import pocketseg_core
 
-    def __init__(self, job: Callable[[ProgressCallback], Any], name: str = "PocketSeg run") -> None:
-        self._job = job
-        self._lock = threading.Lock()
-        self._cancel = threading.Event()
-        self._finished = threading.Event()
+    return Path(pocketseg_core.__file__).resolve().parent.parent
+
+
+def python_command() -> list[str]:
+    """The Python that runs the worker: Slicer's ``PythonSlicer`` inside Slicer, else this one."""
+    slicer = sys.modules.get("slicer")
+    if slicer is not None and getattr(slicer, "app", None) is not None:
+        found = shutil.which("PythonSlicer")
+        if found:
+            return [found]
+        raise PocketSegError(
+            "Slicer's Python launcher (PythonSlicer) was not found next to Slicer; reinstall Slicer"
+        )
+    return [sys.executable]
+
+
+def child_environment() -> dict[str, str]:
+    """The child's environment: Slicer's start-up one inside Slicer (as ``launchConsoleProcess``
+    uses), else ours; with ``pocketseg_core`` importable and PocketSeg's own settings passed on."""
+    slicer = sys.modules.get("slicer")
+    startup = getattr(getattr(slicer, "util", None), "startupEnvironment", None)
+    env = (
+        dict(startup())
+        if callable(startup) and getattr(slicer, "app", None) is not None
+        else dict(os.environ)
+    )
+    for key, value in os.environ.items():
+        if key.startswith(PASSED_ENVIRONMENT_PREFIXES):
+            env[key] = value
+    paths = [str(core_folder())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("PYTHONIOENCODING", "utf-8")
+    return env
+
+
+def kill_process_tree(process: subprocess.Popen) -> None:
+    """Kill the child and everything it started (its process group / job tree) at once."""
+    if process.poll() is not None:
+        return
+    if os.name == "nt":
+        subprocess.run(
+            ["taskkill", "/F", "/T", "/PID", str(process.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        process.kill()
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        process.wait(timeout=KILL_WAIT_S)
+    except subprocess.TimeoutExpired:
+        logging.warning(
+            "PocketSeg: process %d did not end within %.1f s of being killed", process.pid, KILL_WAIT_S
+        )
+
+
+def error_from_event(event: dict[str, Any]) -> BaseException:
+    """The exception a child's error event stands for (a PocketSegError subclass by name)."""
+    name, message = str(event.get("error", "")), str(event.get("message", ""))
+    if name == "Cancelled":
+        return Cancelled(message or "cancelled")
+    error_class = getattr(errors, name, None)
+    if isinstance(error_class, type) and issubclass(error_class, PocketSegError):
+        return error_class(message)
+    return WorkerFailed(message or "the worker process failed")
+
+
+class WorkerRun:
+    """One job in a child process: start, poll without blocking, cancel, read the result.
+
+    ``files`` are written into the run's temporary folder before the start: a mapping from file
+    name to a ``write(path)`` function (the input volume, for example). ``on_log`` receives the
+    child's ``log`` events (training epochs) as they are read.
+    """
+
+    def __init__(
+        self,
+        job: dict[str, Any],
+        files: dict[str, Callable[[Path], Any]] | None = None,
+        name: str = "PocketSeg",
+        on_log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.job = dict(job)
+        self.files = dict(files or {})
+        self.on_log = on_log
+        self.work_dir: Path | None = None
+        self.process: subprocess.Popen | None = None
+        self._buffer = b""
+        self._log_offset = 0
+        self._log_tail = ""
         self._state = RUNNING
         self._fraction = 0.0
         self._message = "starting"
-        self._started: float | None = None
+        self._started = 0.0
         self._ended: float | None = None
-        self._result: Any = None
+        self._result: dict[str, Any] | None = None
         self._error: BaseException | None = None
+        self._error_event: dict[str, Any] | None = None
         self._details = ""
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._lines: list[str] = []
+        self._finishers: list[Callable[[WorkerRun], None]] = []
 
-    def start(self) -> BackgroundRun:
+    # --- starting ---------------------------------------------------------------------------
+
+    def path(self, name: str) -> Path:
+        """A file of the run's temporary folder (exists from :meth:`start` until the run ends)."""
+        if self.work_dir is None:
+            raise RuntimeError("the run has not started")
+        return self.work_dir / name
+
+    def start(self) -> WorkerRun:
         self._started = time.perf_counter()
-        self._thread.start()
+        self.work_dir = Path(tempfile.mkdtemp(prefix="pocketseg-run-"))
+        try:
+            for file_name, write in self.files.items():
+                write(self.work_dir / file_name)
+            job = {
+                key: (
+                    str(self.work_dir / value[len("@") :])
+                    if isinstance(value, str) and value.startswith("@")
+                    else value
+                )
+                for key, value in self.job.items()
+            }
+            job_path = self.work_dir / "job.json"
+            job_path.write_text(json.dumps(job, indent=1), encoding="utf-8")
+            log = open(self.work_dir / "worker.log", "wb")  # noqa: SIM115 (the child owns it)
+            try:
+                options: dict[str, Any] = {}
+                if os.name == "nt":
+                    options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(
+                        subprocess, "CREATE_NO_WINDOW", 0
+                    )
+                else:
+                    options["start_new_session"] = True  # its own process group: killed as a whole
+                self.process = subprocess.Popen(
+                    [*python_command(), "-m", "pocketseg_core.worker", str(job_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    env=child_environment(),
+                    cwd=str(self.work_dir),
+                    **options,
+                )
+            finally:
+                log.close()
+            os.set_blocking(self.process.stdout.fileno(), False)
+        except BaseException:
+            if self.process is not None:
+                kill_process_tree(self.process)
+            self._remove_work_dir()
+            raise
         return self
 
-    def cancel(self) -> None:
-        """Ask the job to stop at its next progress report."""
-        self._cancel.set()
-        with self._lock:
-            if self._state == RUNNING:
-                self._message = "cancelling..."
+    def on_finish(self, callback: Callable[[WorkerRun], None]) -> None:
+        """Call ``callback(run)`` once, when the run has ended (before the temporary folder goes)."""
+        self._finishers.append(callback)
 
-    @property
-    def cancel_requested(self) -> bool:
-        return self._cancel.is_set()
+    # --- polling ----------------------------------------------------------------------------
 
-    def _progress(self, fraction: float, message: str) -> bool:
-        with self._lock:
-            self._fraction = min(max(float(fraction), 0.0), 1.0)
-            if not self._cancel.is_set():
-                self._message = message
-        return not self._cancel.is_set()
+    def _read_events(self) -> None:
+        stream = self.process.stdout if self.process is not None else None
+        if stream is None or stream.closed:
+            return
+        while True:
+            try:
+                chunk = os.read(stream.fileno(), 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._handle_line(line.decode("utf-8", errors="replace").strip())
 
-    def _run(self) -> None:
+    def _handle_line(self, line: str) -> None:
+        if not line:
+            return
         try:
-            result = self._job(self._progress)
-            state, error, details = SUCCEEDED, None, ""
-            if self._cancel.is_set():
-                # Finished before it saw the request: honour the user's cancel, drop the result.
-                state, result, error = CANCELLED, None, Cancelled("cancelled by the user")
-        except Cancelled as cancelled:
-            state, result, error, details = CANCELLED, None, cancelled, ""
-        except BaseException as failure:  # reported to the GUI, which shows it in plain words
-            state, result, error, details = FAILED, None, failure, traceback.format_exc()
-        with self._lock:
-            self._state, self._result, self._error, self._details = state, result, error, details
-            if state == SUCCEEDED:
-                self._fraction, self._message = 1.0, "done"
-            elif state == CANCELLED:
-                self._message = "cancelled"
-            self._ended = time.perf_counter()
-        self._finished.set()
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict) or "event" not in event:
+            self._lines.append(line)  # not an event: keep it as a log line
+            return
+        kind = event["event"]
+        if kind == "progress":
+            self._fraction = min(max(float(event.get("fraction", 0.0)), 0.0), 1.0)
+            if self._state == RUNNING:
+                self._message = str(event.get("message", ""))
+        elif kind == "log":
+            message = str(event.get("message", ""))
+            self._lines.append(message)
+            if self.on_log is not None:
+                self.on_log(message)
+        elif kind == "result":
+            self._result = {key: value for key, value in event.items() if key != "event"}
+        elif kind == "error":
+            self._error_event = event
+
+    def _read_log(self) -> None:
+        if self.work_dir is None:
+            return
+        try:
+            with open(self.work_dir / "worker.log", "rb") as handle:
+                handle.seek(self._log_offset)
+                data = handle.read()
+        except OSError:
+            return
+        if data:
+            self._log_offset += len(data)
+            text = data.decode("utf-8", errors="replace")
+            self._log_tail = (self._log_tail + text)[-LOG_TAIL_CHARS:]
+            for line in text.splitlines():
+                if line.strip():
+                    logging.info("%s worker: %s", self.name, line)
 
     def status(self) -> RunStatus:
-        with self._lock:
-            end = self._ended if self._ended is not None else time.perf_counter()
-            elapsed = end - self._started if self._started is not None else 0.0
-            return RunStatus(self._state, self._fraction, self._message, elapsed, self._error, self._details)
+        """Read what the child reported so far (never blocks); ends the run when the child has."""
+        if self._state == RUNNING and self.process is not None:
+            self._read_events()
+            self._read_log()
+            code = self.process.poll()
+            if code is not None:
+                self._read_events()
+                if self._buffer:
+                    self._handle_line(self._buffer.decode("utf-8", errors="replace").strip())
+                    self._buffer = b""
+                self._end_with_exit_code(code)
+        end = self._ended if self._ended is not None else time.perf_counter()
+        return RunStatus(
+            self._state,
+            self._fraction,
+            self._message,
+            end - self._started if self._started else 0.0,
+            self._error,
+            self._details,
+        )
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run ends (or ``timeout`` s pass); True when it has ended."""
-        return self._finished.wait(timeout)
+    def _end_with_exit_code(self, code: int) -> None:
+        if code == 0 and self._result is not None:
+            self._state, self._fraction, self._message = SUCCEEDED, 1.0, "done"
+            self._end()
+            return
+        if self._error_event is not None:
+            error = error_from_event(self._error_event)
+            details = str(self._error_event.get("traceback", "")) or self._log_tail
+        else:
+            error = WorkerFailed(
+                f"the {self.name} process ended unexpectedly (exit status {code}); the details are in the log"
+            )
+            details = self._log_tail
+        self._fail(error, details, CANCELLED if isinstance(error, Cancelled) else FAILED)
 
-    def result(self) -> Any:
-        """The job's return value; raises the job's exception (or ``Cancelled``) if it did not succeed."""
-        if not self._finished.is_set():
+    def _fail(self, error: BaseException, details: str = "", state: str = FAILED) -> None:
+        self._state, self._error, self._details = state, error, details
+        self._message = "cancelled" if state == CANCELLED else "failed"
+        self._end()
+
+    def _end(self) -> None:
+        self._ended = time.perf_counter()
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+        try:
+            for callback in self._finishers:
+                try:
+                    callback(self)
+                except BaseException as error:  # e.g. reading the mask failed: the run failed
+                    if self._state == SUCCEEDED:
+                        self._state, self._error, self._message = FAILED, error, "failed"
+                        self._details = str(error)
+        finally:
+            self._finishers = []
+            self._remove_work_dir()
+
+    def _remove_work_dir(self) -> None:
+        if self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # --- cancel, wait, result ----------------------------------------------------------------
+
+    def cancel(self, reason: BaseException | None = None) -> None:
+        """Kill the child and its children now; the run ends cancelled (or failed with ``reason``)."""
+        if self._state != RUNNING:
+            return
+        if self.process is not None:
+            kill_process_tree(self.process)
+        if reason is None:
+            self._fail(Cancelled(f"{self.name} cancelled by the user; nothing was changed"), "", CANCELLED)
+        else:
+            self._fail(reason, "", FAILED)
+
+    def wait(
+        self, progress: ProgressCallback | None = None, timeout: float | None = None, interval: float = 0.05
+    ) -> RunStatus:
+        """Block until the run ends (console use); ``progress`` returning False cancels it."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while True:
+            status = self.status()
+            if status.done:
+                return status
+            if progress is not None and progress(status.fraction, status.message) is False:
+                self.cancel()
+                return self.status()
+            if deadline is not None and time.perf_counter() > deadline:
+                return status
+            time.sleep(interval)
+
+    def take_log(self) -> list[str]:
+        """The child's log lines read since the last call."""
+        lines, self._lines = self._lines, []
+        return lines
+
+    @property
+    def log_tail(self) -> str:
+        return self._log_tail
+
+    def result(self) -> dict[str, Any]:
+        """The child's result event; raises its error (or ``Cancelled``) if it did not succeed."""
+        if self._state == RUNNING:
             raise RuntimeError("the run has not finished yet: poll status() or wait() first")
         if self._error is not None:
             raise self._error
-        return self._result
+        return dict(self._result or {})

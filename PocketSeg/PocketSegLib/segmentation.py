@@ -187,6 +187,12 @@ def write_mask_to_segmentation(
     )
 
 
+def existing_segment_names(segmentation_node: Any, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that ``segmentation_node`` already has as segment names."""
+    segmentation = segmentation_node.GetSegmentation()
+    return [name for name in names if segmentation.GetSegmentIdBySegmentName(name)]
+
+
 def write_labels_to_segmentation(
     context: SlicerContext,
     volume_node: Any,
@@ -195,15 +201,26 @@ def write_labels_to_segmentation(
     name: str | None = None,
     output_node: Any | None = None,
     show_3d: bool = False,
+    replace_segments: bool = False,
 ) -> Any:
     """Put a label image (on the volume's grid) into a segmentation node, one segment per label.
 
-    With ``output_node`` None a new node is added, named ``name`` or "<volume> <structure>";
-    an existing node is replaced (all its segments removed) only when passed as ``output_node``.
-    Returns the segmentation node.
+    With ``output_node`` None a new node is added, named ``name`` or "<volume> <structure>".
+    Into an existing ``output_node`` the new segments are added beside the user's: a segment of
+    the same name is replaced (in its place, keeping its ID) only with ``replace_segments``,
+    otherwise that is a :class:`PocketSegError` and nothing changes. Returns the segmentation node.
     """
     if not labels:
         raise PocketSegError("no labels to put into the segmentation")
+    if output_node is not None:
+        if not output_node.IsA("vtkMRMLSegmentationNode"):
+            raise PocketSegError(f"'{output_node.GetName()}' is not a segmentation node: pick a segmentation")
+        clashes = existing_segment_names(output_node, [description.name for _, description in labels])
+        if clashes and not replace_segments:
+            raise PocketSegError(
+                f"segmentation '{output_node.GetName()}' already has segment(s) {', '.join(clashes)}; "
+                "allow replacing them or choose a new segmentation"
+            )
     # Build every segment first (may raise): the scene is untouched until all are ready.
     segments = [
         (description, build_segment(label_image == value, volume_node, description))
@@ -215,16 +232,27 @@ def write_labels_to_segmentation(
         node.SetName(name or segmentation_node_name(volume_node, labels[0][1]))
         scene.AddNode(node)
     else:
-        if not output_node.IsA("vtkMRMLSegmentationNode"):
-            raise PocketSegError(f"'{output_node.GetName()}' is not a segmentation node: pick a segmentation")
         node = output_node
-        node.GetSegmentation().RemoveAllSegments()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
-    node.GetSegmentation().SetSourceRepresentationName(
-        slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
-    )
+    segmentation = node.GetSegmentation()
+    if segmentation.GetNumberOfSegments() == 0:
+        # a new (or empty) segmentation takes the volume's grid; the user's segments keep theirs
+        node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+        segmentation.SetSourceRepresentationName(
+            slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        )
     for description, segment in segments:
-        node.GetSegmentation().AddSegment(segment, description.name)
+        old_id = segmentation.GetSegmentIdBySegmentName(description.name)
+        if old_id:
+            index = segmentation.GetSegmentIndex(old_id)
+            following = (
+                segmentation.GetNthSegmentID(index + 1)
+                if index + 1 < segmentation.GetNumberOfSegments()
+                else ""
+            )
+            segmentation.RemoveSegment(old_id)
+            segmentation.AddSegment(segment, old_id, following)
+        else:
+            segmentation.AddSegment(segment, description.name)
     # The result lives in the volume's coordinates: follow the volume's transform, if any.
     node.SetAndObserveTransformNodeID(volume_node.GetTransformNodeID())
     show_segmentation(node, show_3d)
@@ -294,7 +322,7 @@ def segment_array_on_volume(segmentation_node: Any, segment: str, volume_node: A
     extent = labelmap.GetExtent()
     if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
         return np.zeros(shape, dtype=np.uint8)  # an empty segment
-    reference = logic.CreateOrientedImageDataFromVolumeNode(volume_node)
+    reference = volume_geometry(volume_node)
     resampled = slicer.vtkOrientedImageData()
     if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
         labelmap, reference, resampled, False, True
@@ -304,6 +332,20 @@ def segment_array_on_volume(segmentation_node: Any, segment: str, volume_node: A
         )
     values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(shape)
     return (values > 0).astype(np.uint8)
+
+
+def volume_geometry(volume_node: Any) -> Any:
+    """An empty ``vtkOrientedImageData`` with the volume's extent and IJK-to-RAS matrix.
+
+    Instead of ``CreateOrientedImageDataFromVolumeNode``, which copies the voxels and returns a
+    reference the Python wrapping never releases (about 50 MB leaked per call on a 50 MB volume).
+    """
+    geometry = slicer.vtkOrientedImageData()
+    geometry.SetExtent(volume_node.GetImageData().GetExtent())
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    geometry.SetImageToWorldMatrix(matrix)
+    return geometry
 
 
 def segment_image_on_volume(segmentation_node: Any, segment: str, volume_node: Any) -> sitk.Image:

@@ -79,7 +79,7 @@ def run_scenario(logic: PocketSegLogic, model: Any, log: Callable[[str], None] =
 
     Returns what it measured (node, metrics) for the caller to report.
     """
-    from pocketseg_core.inference import segment_image
+    from pocketseg_core.inference import InferenceOptions, segment_image
     from pocketseg_core.metrics import compute_metrics
 
     context = logic.context
@@ -115,7 +115,8 @@ def run_scenario(logic: PocketSegLogic, model: Any, log: Callable[[str], None] =
     )
 
     log("comparing with pocketseg_core on the same image")
-    expected = sitk.GetArrayFromImage(segment_image(image, bundle, options.inference_options()).mask)
+    inference = InferenceOptions(**options.worker_options())
+    expected = sitk.GetArrayFromImage(segment_image(image, bundle, inference).mask)
     exported = segmentation.segment_array_on_volume(node, segment.GetName(), volume)
     _check(exported.shape == expected.shape, f"exported shape {exported.shape} != {expected.shape}")
     _check(

@@ -8,30 +8,34 @@ Slicer's Python console (or ``Slicer --no-main-window --python-script``, or ``Py
     result = PocketSegTrainLogic().run(cases, "pocketnet-nfbs", "/data/runs/brain", folds=5, epochs=50)
     result.table_node, result.chart_node, result.prediction_nodes, result.model_name
 
-Like PocketSeg's logic, a run has three steps so that the GUI can run the middle one in a
-background thread: :meth:`PocketSegTrainLogic.prepare` copies the cases out of the scene and
-checks them (main thread), :meth:`PocketSegTrainLogic.compute` exports them and runs
-``pocketseg_core``'s cross-validation (any thread, no MRML), :meth:`PocketSegTrainLogic.apply`
-brings the results into the scene and registers the model (main thread). Nothing is added to the
-scene before ``apply``: a cancelled run leaves the scene as it was and its run folder marked
-``INCOMPLETE``; ``resume=True`` with the same settings continues it.
+Like PocketSeg's logic, a run has three steps and only the middle one computes, in a child
+process (``python -m pocketseg_core.worker``, see ``PocketSegLib.runner``):
+:meth:`PocketSegTrainLogic.prepare` copies the cases out of the scene and checks them (main
+thread, no torch), :meth:`PocketSegTrainLogic.start` exports them to the run folder and starts the
+cross-validation in the child (which also registers the model), and
+:meth:`BackgroundTraining.finish` brings the results into the scene (main thread). Nothing is
+added to the scene before ``finish``: a cancelled run (the child is killed; its checkpoints are
+written atomically) leaves the scene as it was and its run folder marked ``INCOMPLETE``;
+``resume=True`` with the same settings continues it. This process never imports torch.
 
 Run folder: ``<output_dir>/cases`` (the exported images, labels and ``cases.csv``) and
 ``<output_dir>/run`` (the cross-validation run, layout in ``pocketseg_core.training.crossval``).
+Every new run needs a folder of its own: :func:`new_run_folder` makes one per run (the GUI's
+output folder is the parent of its runs).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PocketSegLib.runner import BackgroundRun, ProgressCallback
+from PocketSegLib.runner import RUNNING, ProgressCallback, RunStatus, WorkerRun
 from PocketSegLib.scene_context import SlicerContext, default_context
 
 from pocketseg_core.devices import device_name
@@ -42,6 +46,45 @@ from PocketSegTrainLib.cases import CaseData, TrainingCase
 from PocketSegTrainLib.terminology import label_from_segment, task_of_label
 
 CASES_FOLDER, RUN_FOLDER = "cases", "run"
+#: the networks of ``pocketseg_core.networks.network_names()`` as plain data (no torch import);
+#: a test keeps the two equal
+NETWORK_NAMES: tuple[str, ...] = (
+    "pocket_unet3d",
+    "unet3d",
+    "pocket_resnet3d",
+    "resnet3d",
+    "pocket_densenet3d",
+    "densenet3d",
+    "pocket_unet2d",
+    "unet2d",
+    "pocket_resnet2d",
+    "resnet2d",
+    "pocket_densenet2d",
+    "densenet2d",
+    "lvnet",
+)
+
+
+def default_runs_folder() -> Path:
+    """Where the GUI puts its runs unless told otherwise: ``~/.pocketseg/runs``."""
+    return Path.home() / ".pocketseg" / "runs"
+
+
+def new_run_folder(parent: str | os.PathLike, name: str) -> Path:
+    """A folder of its own for a new run: ``<parent>/<name>-<YYYYmmdd-HHMMSS>`` (``-2``... when taken).
+
+    Not created here (``prepare`` writes nothing); two runs started in one second still differ.
+    """
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", name.strip()) or "run"
+    stem = Path(parent).expanduser() / f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, number = stem, 2
+    while candidate.exists() or str(candidate) in _RESERVED_FOLDERS:
+        candidate, number = stem.with_name(f"{stem.name}-{number}"), number + 1
+    _RESERVED_FOLDERS.add(str(candidate))
+    return candidate
+
+
+_RESERVED_FOLDERS: set[str] = set()
 
 
 @dataclass
@@ -77,7 +120,7 @@ class TrainingResult:
     curves_table_node: Any
     summary: dict[str, dict[str, float]]
     warnings: list[str]
-    cross_validation: Any  # pocketseg_core.training.crossval.CrossValidationResult
+    cross_validation: dict[str, Any]  # the worker's result: run_dir, bundle_path, summary, per_case...
 
     @property
     def nodes(self) -> list[Any]:
@@ -85,28 +128,12 @@ class TrainingResult:
         return [*self.prediction_nodes.values(), self.table_node, self.chart_node, self.curves_table_node]
 
 
-class _Callbacks:
-    """pocketseg_core training callbacks -> a ``progress(fraction, message) -> bool`` and a log."""
-
-    def __init__(self, progress: ProgressCallback | None, log: Callable[[str], None] | None) -> None:
-        self.progress, self.log = progress, log
-
-    def on_progress(self, fraction: float, message: str) -> bool | None:
-        return None if self.progress is None else self.progress(fraction, message)
-
-    def on_epoch_end(self, fold: int, epoch: int, metrics: dict[str, float]) -> None:
-        if self.log is not None:
-            self.log(
-                f"fold {fold} epoch {epoch}: loss {metrics['train_loss']:.4f}, validation loss "
-                f"{metrics['val_loss']:.4f}, validation Dice {metrics['val_dice']:.4f} ({metrics['seconds']:.1f} s)"
-            )
-
-
 class PocketSegTrainLogic:
     """The MRML logic of PocketSegTrain; ``context`` defaults to the running Slicer's."""
 
     def __init__(self, context: SlicerContext | None = None) -> None:
         self._context = context
+        self._runs: list[BackgroundTraining] = []
 
     @property
     def context(self) -> SlicerContext:
@@ -116,9 +143,15 @@ class PocketSegTrainLogic:
 
     @staticmethod
     def preset_names() -> list[str]:
+        """The training presets (plain data; no torch import)."""
         from pocketseg_core.training import presets
 
         return presets.preset_names()
+
+    @staticmethod
+    def network_names() -> list[str]:
+        """The networks a run may use instead of its preset's (plain data; no torch import)."""
+        return list(NETWORK_NAMES)
 
     # --- the three steps ------------------------------------------------------------------
 
@@ -145,7 +178,9 @@ class PocketSegTrainLogic:
         """
         from pocketseg_core.training import config_from_preset
 
-        output_dir = Path(output_dir or Path.home() / ".pocketseg" / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+        if output_dir is None:
+            output_dir = new_run_folder(default_runs_folder(), model_name or preset)
+        output_dir = Path(output_dir)
         run_dir = output_dir / RUN_FOLDER
         if model_name is None and resume and (run_dir / "run.json").is_file():
             model_name = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["config"]["name"]
@@ -183,31 +218,36 @@ class PocketSegTrainLogic:
             warnings = validation.validate_cases(data, config.folds, config.modality)
         return PreparedTraining(data, config, output_dir, bool(resume), bool(register), warnings)
 
-    @staticmethod
-    def compute(
-        prepared: PreparedTraining,
-        progress: ProgressCallback | None = None,
-        log: Callable[[str], None] | None = None,
-    ) -> Any:
-        """Export the cases and run the cross-validation (any thread; never touches MRML).
-
-        Returns ``CrossValidationResult``; raises ``Cancelled`` when ``progress`` returns False
-        (the run folder stays, marked ``INCOMPLETE``, resumable).
-        """
-        from pocketseg_core.training import run_cross_validation
-
+    def start(
+        self, prepared: PreparedTraining, on_log: Callable[[str], None] | None = None
+    ) -> BackgroundTraining:
+        """Export the cases (main thread) and start the cross-validation in a child process;
+        poll ``status()``, then call ``finish()`` on the main thread."""
         if prepared.data:
-            if progress is not None and progress(0.0, f"exporting {len(prepared.data)} case(s)") is False:
-                from pocketseg_core.errors import Cancelled
-
-                raise Cancelled("training cancelled by the user before it started")
             cases_module.export_cases(prepared.data, prepared.cases_dir)
-        return run_cross_validation(
-            prepared.config, prepared.run_dir, resume=prepared.resume, callbacks=_Callbacks(progress, log)
-        )
+        job = {
+            "kind": "train",
+            "config": prepared.config.to_dict(),
+            "run_dir": str(Path(prepared.run_dir).resolve()),
+            "resume": prepared.resume,
+            "register": prepared.register,
+        }
+        run = WorkerRun(job, name="PocketSegTrain", on_log=on_log)
+        training = BackgroundTraining(self, prepared, run)
+        run.start()
+        training.watch_scene()
+        self._runs.append(training)
+        return training
 
-    def apply(self, prepared: PreparedTraining, cv_result: Any) -> TrainingResult:
-        """Bring a finished run into the scene and register its model (main thread)."""
+    def cancel_all(self) -> None:
+        """Cancel every run of this logic (the module calls it when the scene closes)."""
+        for training in list(self._runs):
+            training.cancel()
+        self._runs = []
+
+    def apply(self, prepared: PreparedTraining, cv_result: dict[str, Any]) -> TrainingResult:
+        """Bring a finished run (the worker's result: summary, per_case, model_path, model_name)
+        into the scene (main thread). The worker has registered the model already."""
         network = prepared.config.network
         run_name = prepared.config.name
         # read every prediction before touching the scene (a missing file leaves it as it was)
@@ -226,7 +266,7 @@ class PocketSegTrainLogic:
                 prediction_nodes[item.case.case_name] = node
                 rows.append((item.case.case_name, results.case_metrics(item, node)))
             if not prepared.data:  # a dataset folder: the run's own per-case numbers
-                rows = [(row["case"], row) for row in cv_result.per_case]
+                rows = [(row["case"], row) for row in cv_result.get("per_case", [])]
             table = results.metrics_table(self.context, rows, f"{run_name} cross-validation metrics")
             added.append(table)
             chart, curves_table = curves.learning_curves_chart(
@@ -239,12 +279,8 @@ class PocketSegTrainLogic:
                 if node is not None and scene.IsNodePresent(node):
                     scene.RemoveNode(node)
             raise
-        model_name = model_path = None
-        if prepared.register and cv_result.bundle_path is not None:
-            from pocketseg_core.bundles import load_bundle, register_bundle
-
-            model_path = register_bundle(cv_result.bundle_path)
-            model_name = load_bundle(model_path).config.name
+        model_path = Path(cv_result["model_path"]) if cv_result.get("model_path") else None
+        model_name = cv_result.get("model_name")
         return TrainingResult(
             run_dir=prepared.run_dir,
             model_name=model_name,
@@ -253,7 +289,7 @@ class PocketSegTrainLogic:
             table_node=table,
             chart_node=chart,
             curves_table_node=curves_table,
-            summary=dict(cv_result.summary),
+            summary=dict(cv_result.get("summary", {})),
             warnings=list(prepared.warnings),
             cross_validation=cv_result,
         )
@@ -277,41 +313,74 @@ class PocketSegTrainLogic:
         for warning in prepared.warnings:
             if log is not None:
                 log(f"warning: {warning}")
-        cv_result = self.compute(prepared, progress, log)
-        return self.apply(prepared, cv_result)
-
-    def start(self, prepared: PreparedTraining) -> BackgroundTraining:
-        """Run :meth:`compute` in a background thread; poll it, then ``finish()`` on the main thread."""
-        return BackgroundTraining(self, prepared)
+        training = self.start(prepared, on_log=log)
+        training.wait(progress)
+        return training.finish()
 
 
 class BackgroundTraining:
-    """A training run in a background thread, with its epoch log (see :meth:`PocketSegTrainLogic.start`)."""
+    """A training run in a child process, with its epoch log (see :meth:`PocketSegTrainLogic.start`).
 
-    def __init__(self, logic: PocketSegTrainLogic, prepared: PreparedTraining) -> None:
-        self.logic, self.prepared = logic, prepared
-        self._lines: list[str] = []
-        self._lock = threading.Lock()
-        self.run = BackgroundRun(
-            lambda progress: logic.compute(prepared, progress, self._log), name="PocketSegTrain run"
-        ).start()
+    Cancelled when the scene closes; ``finish()`` applies the result on the main thread.
+    """
 
-    def _log(self, line: str) -> None:
-        with self._lock:
-            self._lines.append(line)
+    def __init__(self, logic: PocketSegTrainLogic, prepared: PreparedTraining, run: WorkerRun) -> None:
+        self.logic, self.prepared, self.run = logic, prepared, run
+        self._observer: int | None = None
+        run.on_finish(lambda _run: self._unwatch_scene())
+
+    def watch_scene(self) -> None:
+        import slicer
+
+        scene = self.logic.context.scene
+        self._observer = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, lambda *_: self.cancel())
+
+    def _unwatch_scene(self) -> None:
+        if self._observer is not None:
+            self.logic.context.scene.RemoveObserver(self._observer)
+            self._observer = None
+
+    def missing_node_error(self) -> PocketSegError | None:
+        """A clear error when a case's volume or segmentation has left the scene, else None."""
+        scene = self.logic.context.scene
+        for item in self.prepared.data:
+            for node in (item.case.volume_node, item.case.segmentation_node):
+                if node is not None and not scene.IsNodePresent(node):
+                    return PocketSegError(
+                        f"case {item.case.case_name}: '{node.GetName()}' was removed from the scene during the "
+                        "training; nothing was added. Add the case again and rerun (tick Resume to continue)"
+                    )
+        return None
 
     def take_log(self) -> list[str]:
-        """The epoch lines logged since the last call (thread-safe)."""
-        with self._lock:
-            lines, self._lines = self._lines, []
-        return lines
+        """The epoch lines logged since the last call."""
+        return self.run.take_log()
 
-    def status(self):
+    def status(self) -> RunStatus:
+        if self.run.status().state == RUNNING:
+            error = self.missing_node_error()
+            if error is not None:
+                self.run.cancel(reason=error)
         return self.run.status()
 
     def cancel(self) -> None:
         self.run.cancel()
+        self._unwatch_scene()
+
+    def wait(self, progress: ProgressCallback | None = None, timeout: float | None = None) -> RunStatus:
+        """Block until the run ends (console use); ``progress`` returning False cancels it."""
+
+        def watching(fraction: float, message: str) -> bool:
+            if self.status().done:
+                return True
+            return True if progress is None else progress(fraction, message) is not False
+
+        return self.run.wait(watching, timeout)
 
     def finish(self) -> TrainingResult:
         """Main thread, once ``status().done``: apply the result, or raise the run's error/``Cancelled``."""
-        return self.logic.apply(self.prepared, self.run.result())
+        result = self.run.result()
+        error = self.missing_node_error()
+        if error is not None:
+            raise error
+        return self.logic.apply(self.prepared, result)

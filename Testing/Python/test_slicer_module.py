@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT / "PocketSeg"))
 from PocketSegLib import create_headless_context  # noqa: E402
 from PocketSegLib.comparison import metrics_from_table  # noqa: E402
 from PocketSegLib.logic import PocketSegLogic, SegmentOptions  # noqa: E402
-from PocketSegLib.runner import CANCELLED  # noqa: E402
+from PocketSegLib.runner import CANCELLED, FAILED, WorkerFailed, WorkerRun  # noqa: E402
 from PocketSegLib.segmentation import BRAIN, LIVER, segment_array_on_volume  # noqa: E402
 from PocketSegLib.selftest import rotated_flipped_direction, run_scenario  # noqa: E402
 from PocketSegLib.volume_io import (  # noqa: E402
@@ -42,7 +42,7 @@ from PocketSegLib.volume_io import (  # noqa: E402
 )
 
 from pocketseg_core import cli  # noqa: E402
-from pocketseg_core.errors import Cancelled, InputImageError  # noqa: E402
+from pocketseg_core.errors import BundleError, Cancelled, InputImageError, PocketSegError  # noqa: E402
 from pocketseg_core.metrics import METRIC_NAMES  # noqa: E402
 
 CPU = SegmentOptions(device="cpu")
@@ -347,9 +347,12 @@ def test_cancelled_or_failed_run_leaves_the_scene_as_it_was(context, logic, skul
     assert scene.GetNumberOfNodes() == before
 
     running = logic.start_segment(volume, skullstrip_bundle, CPU)  # cancelled from the GUI's button
+    work_dir = running.run.work_dir
+    assert (work_dir / "input.mha").is_file()  # the volume went out as a file
     running.cancel()
-    assert running.run.wait(60)
-    assert running.status().state == CANCELLED
+    assert running.status().state == CANCELLED  # at once: the process group was killed
+    assert running.run.process.poll() is not None
+    assert not work_dir.exists()  # temporary files removed
     with pytest.raises(Cancelled):
         running.finish()
     assert scene.GetNumberOfNodes() == before
@@ -364,9 +367,15 @@ def test_background_run_reports_progress_and_applies_on_finish(context, logic, s
     segmentations_before = scene_count(context, "vtkMRMLSegmentationNode")
     options = SegmentOptions(device="cpu", create_masked_volume=True, show_3d=True)
     running = logic.start_segment(volume, skullstrip_bundle, options)
-    assert running.run.wait(120)
-    status = running.status()
+    fractions, messages = [], []
+    status = running.wait(
+        lambda fraction, message: fractions.append(fraction) or messages.append(message), 300
+    )
     assert status.state == "succeeded" and status.fraction == 1.0 and status.elapsed_s > 0
+    assert fractions == sorted(fractions) and any(0.0 < f < 1.0 for f in fractions), fractions
+    print("progress messages seen:", list(dict.fromkeys(messages)))
+    assert len(set(messages) - {"starting"}) >= 2  # the child's progress lines, parsed
+    assert not running.run.work_dir.exists()  # temporary files removed after success
     assert scene_count(context, "vtkMRMLSegmentationNode") == segmentations_before  # nothing until finish()
     outcome = running.finish()
     assert outcome.segmentation_node.GetName() == "phantom brain"
@@ -388,18 +397,85 @@ def test_background_run_reports_progress_and_applies_on_finish(context, logic, s
     assert not stripped[exported == 0].any()
 
 
-def test_existing_segmentation_replaced_only_when_asked(context, logic, skullstrip_bundle):
+def test_existing_segmentation_keeps_other_segments_and_replaces_only_when_asked(
+    context, logic, skullstrip_bundle
+):
     volume, _ = phantom_volume(context)
     first = logic.segment(volume, skullstrip_bundle, CPU)
     second = logic.segment(volume, skullstrip_bundle, CPU)  # new by default
     assert second is not first and scene_count(context, "vtkMRMLSegmentationNode") == 2
-    first.GetSegmentation().AddEmptySegment("extra", "extra")
-    replaced = logic.segment(volume, skullstrip_bundle, CPU, output_node=first)
-    assert replaced is first and scene_count(context, "vtkMRMLSegmentationNode") == 2
-    assert first.GetSegmentation().GetNumberOfSegments() == 1
+    # the user's own work in the first segmentation: a drawn "Tumor" before and "Edema" after Brain
+    segmentation = first.GetSegmentation()
+    tumor = np.zeros(slicer.util.arrayFromVolume(volume).shape, dtype=np.uint8)
+    tumor[10:14, 10:14, 10:14] = 1
+    tumor_image = sitk.GetImageFromArray(tumor)
+    tumor_image.CopyInformation(image_from_volume_node(volume))
+    from PocketSegLib.segmentation import SegmentDescription, build_segment
+
+    drawn = build_segment(
+        tumor_image, volume, SegmentDescription("Tumor", (1.0, 0.0, 0.0), ("", "", "Tumor"))
+    )
+    segmentation.AddSegment(drawn, "my_tumor", segmentation.GetNthSegmentID(0))
+    segmentation.AddEmptySegment("my_edema", "Edema")
+    brain_id = segmentation.GetSegmentIdBySegmentName("Brain")
+    order = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    assert order == ["my_tumor", brain_id, "my_edema"]
+    nodes_before = scene_count(context, "vtkMRMLSegmentationNode")
+
+    prepared = logic.prepare(volume, skullstrip_bundle)
+    assert logic.segments_to_replace(prepared, first) == ["Brain"]
+    with pytest.raises(PocketSegError, match=r"already has segment\(s\) Brain"):  # not asked: refused
+        logic.segment(volume, skullstrip_bundle, CPU, output_node=first)
+    assert [segmentation.GetNthSegmentID(i) for i in range(3)] == order
+
+    replaced = logic.segment(volume, skullstrip_bundle, CPU, output_node=first, replace_segments=True)
+    assert replaced is first and scene_count(context, "vtkMRMLSegmentationNode") == nodes_before
+    assert [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())] == order
+    np.testing.assert_array_equal(
+        segment_array_on_volume(first, "Tumor", volume), tumor
+    )  # kept, voxel for voxel
+    assert segmentation.GetSegment("my_edema").GetName() == "Edema"
     np.testing.assert_array_equal(
         segment_array_on_volume(first, "Brain", volume), segment_array_on_volume(second, "Brain", volume)
     )
+    # into a segmentation without a Brain segment nothing is asked: Brain is added beside the others
+    other = context.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    other.GetSegmentation().AddEmptySegment("liver_seed", "Liver seed")
+    assert logic.segments_to_replace(prepared, other) == []
+    logic.segment(volume, skullstrip_bundle, CPU, output_node=other)
+    names = [other.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)]
+    assert names == ["Liver seed", "Brain"]
+
+
+def test_removed_input_or_output_node_during_a_run_ends_with_a_clear_message(
+    context, logic, skullstrip_bundle
+):
+    volume, _ = phantom_volume(context)
+    output = context.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "target")
+    running = logic.start_segment(volume, skullstrip_bundle, CPU, output_node=output)
+    context.scene.RemoveNode(output)
+    status = running.status()
+    assert status.state == FAILED and running.run.process.poll() is not None
+    assert "segmentation 'target' was removed from the scene during the run" in str(status.error)
+    with pytest.raises(PocketSegError, match="was removed from the scene"):
+        running.finish()
+
+    before = scene_count(context, "vtkMRMLSegmentationNode")
+    running = logic.start_segment(volume, skullstrip_bundle, CPU)
+    context.scene.RemoveNode(volume)
+    status = running.status()
+    assert status.state == FAILED and "volume 'phantom' was removed from the scene" in str(status.error)
+    assert scene_count(context, "vtkMRMLSegmentationNode") == before
+
+
+def test_scene_close_cancels_the_run(context, logic, skullstrip_bundle):
+    volume, _ = phantom_volume(context)
+    running = logic.start_segment(volume, skullstrip_bundle, CPU)
+    assert logic.running() == [running]
+    context.scene.Clear(0)  # File > Close scene
+    assert running.status().state == CANCELLED
+    assert running.run.process.poll() is not None and not running.run.work_dir.exists()
+    assert logic.running() == []
 
 
 def test_liver_segment_name_colour_and_terminology(context, logic, tmp_path):
@@ -428,25 +504,63 @@ def scene_count(context, class_name: str) -> int:
     return collection.GetNumberOfItems() if isinstance(collection, vtk.vtkCollection) else len(collection)
 
 
-def test_background_run_reports_a_failure_with_details():
-    from PocketSegLib.runner import FAILED, BackgroundRun
-
-    def job(progress):
-        progress(0.3, "working")
-        raise ValueError("broken input")
-
-    run = BackgroundRun(job).start()
-    assert run.wait(10)
-    status = run.status()
+def test_worker_reports_a_user_error_in_one_sentence(tmp_path):
+    run = WorkerRun(
+        {
+            "kind": "segment",
+            "model": "skullstrip",
+            "input": str(tmp_path / "absent.nii.gz"),
+            "output": "@m.mha",
+        }
+    ).start()
+    status = run.wait(timeout=120)
     assert status.state == FAILED and status.done
-    assert isinstance(status.error, ValueError) and "broken input" in status.error_details
-    with pytest.raises(ValueError, match="broken input"):
+    assert isinstance(status.error, InputImageError) and "absent.nii.gz" in str(status.error)
+    assert not run.work_dir.exists()
+    with pytest.raises(InputImageError):
         run.result()
 
 
-def test_dependencies_present_means_no_question_and_no_install():
-    from PocketSegLib.dependencies import ensure_dependencies, missing_extra_packages
+def test_worker_bug_or_crash_is_reported_with_details(tmp_path):
+    image = tmp_path / "small.mha"
+    sitk.WriteImage(make_phantom("MR", size=(8, 8, 8), spacing=(4.0, 4.0, 4.0))[0], str(image))
+    run = WorkerRun({"kind": "segment", "input": str(image), "output": "@m.mha"}).start()  # no model: a bug
+    status = run.wait(timeout=120)
+    assert status.state == FAILED and isinstance(status.error, WorkerFailed)
+    assert "KeyError" in str(status.error) and "Traceback" in status.error_details
+    bundle = tmp_path / "broken"
+    bundle.mkdir()
+    (bundle / "bundle.json").write_text("{", encoding="utf-8")
+    run = WorkerRun(
+        {"kind": "segment", "model": str(bundle), "input": str(image), "output": "@m.mha"}
+    ).start()
+    status = run.wait(timeout=120)
+    assert isinstance(status.error, BundleError) and "not valid JSON" in str(status.error)
+    # a child that dies without a word (killed from outside): said plainly, the log kept as details
+    run = WorkerRun(
+        {"kind": "segment", "model": str(bundle), "input": str(image), "output": "@m.mha"}
+    ).start()
+    run.process.kill()
+    status = run.wait(timeout=60)
+    assert isinstance(status.error, WorkerFailed) and "ended unexpectedly (exit status -9)" in str(
+        status.error
+    )
 
-    asked, installed = [], []
-    assert ensure_dependencies(ask=lambda q: asked.append(q) or False, pip_install=installed.append)
-    assert asked == [] and installed == [] and missing_extra_packages() == []
+
+def test_worker_stdout_carries_only_events(tmp_path):
+    """Whatever a library prints goes to the log (stderr): every stdout line is a JSON event."""
+    import subprocess
+
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"kind": "nothing"}), encoding="utf-8")
+    completed = subprocess.run(
+        [sys.executable, "-m", "pocketseg_core.worker", str(job)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=False,
+    )
+    events = [json.loads(line) for line in completed.stdout.splitlines()]
+    assert completed.returncode == 2
+    assert [event["event"] for event in events] == ["started", "error"]
+    assert "unknown job kind 'nothing'" in events[1]["message"]

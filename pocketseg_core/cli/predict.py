@@ -26,9 +26,9 @@ from pocketseg_core.io import (
     is_image_file,
     read_image,
     strip_image_extension,
-    write_image,
 )
 from pocketseg_core.postprocessing import masked_volume
+from pocketseg_core.staged_outputs import StagedOutputs
 
 TASKS = ("skullstrip", "liver")
 
@@ -294,18 +294,14 @@ def predict_one(job: PredictJob, bundle: ModelBundle, options, show_progress: bo
         result = segment_image(image, bundle, options, progress, network=network)
     finally:
         bar.close()
-    written: list[Path] = []
-    try:
+    # all or nothing, and a failure never costs the user an earlier file of the same name
+    with StagedOutputs() as outputs:
         if job.masked_volume is not None:
-            masked = masked_volume(image, result.mask, bundle.config.modality)
-            written.append(write_image(masked, job.masked_volume))
+            outputs.write(masked_volume(image, result.mask, bundle.config.modality), job.masked_volume)
         if job.probabilities is not None and result.probabilities is not None:
-            written.append(write_image(result.probabilities, job.probabilities))
-        written.append(write_image(result.mask, job.output))
-    except BaseException:
-        for path in written:  # all or nothing: no half set of outputs
-            path.unlink(missing_ok=True)
-        raise
+            outputs.write(result.probabilities, job.probabilities)
+        outputs.write(result.mask, job.output)
+        outputs.commit()
     print_summary(job, bundle, result, image, time.perf_counter() - started)
     return network
 

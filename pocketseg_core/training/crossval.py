@@ -268,6 +268,28 @@ def _amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+class _NoBar:
+    """What a progress bar does when none is shown (tqdm is then not needed: Slicer lacks it)."""
+
+    def update(self, steps: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(show: bool, **settings: Any) -> Any:
+    """A tqdm bar on the terminal when ``show``, else one that does nothing (no tqdm import)."""
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(**settings)
+
+
 def _train_fold(
     fold: int,
     config: TrainingConfig,
@@ -280,8 +302,6 @@ def _train_fold(
     progress: _Progress,
     progress_span: tuple[float, float],
 ) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     from pocketseg_core.networks import create_network
 
     fold_dir = run_dir / f"fold_{fold}"
@@ -330,11 +350,11 @@ def _train_fold(
     trained.train()
 
     steps_total = config.epochs * config.steps_per_epoch
-    bar = tqdm(
+    bar = _progress_bar(
+        config.show_progress and ctx.is_main,
         total=steps_total,
         initial=state["epoch"] * config.steps_per_epoch,
         desc=f"fold {fold}/{config.folds}",
-        disable=not (config.show_progress and ctx.is_main),
         leave=False,
     )
     span_start, span_end = progress_span

@@ -32,7 +32,7 @@ def synthesize_head(
     """A skull-stripped brain pasted into a random synthetic head shell (SynthStrip-style).
 
     ``brain``/``mask``: the stripped T1 and its 0/1 mask (same grid). Works at 1.5 mm: the
-    brain is resampled there, padded with 30 mm around (60 mm below, for a neck-like block),
+    brain is resampled there, padded with 30 mm around (90 mm below, for a neck-like block),
     and the shell is drawn from the signed distance to the brain (mm), warped by a smooth
     random field so layer thicknesses vary: CSF, skull (dark, with optional bright marrow),
     fat (bright), skin/muscle (grey), air. Intensities are relative to the brain's median and

@@ -29,7 +29,7 @@ from pocketseg_core.errors import PocketSegError
 
 @dataclass
 class TrainingConfig:
-    """Everything a cross-validation run needs, besides the data.
+    """Everything a cross-validation run or a recipe needs, besides the data.
 
     Spacings are mm in SimpleITK ``(x, y, z)`` order; patch and window sizes in torch
     ``(z, y, x)`` order (window 0 = whole axis, as in :class:`~pocketseg_core.bundles.BundleConfig`).

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_recipe(args: argparse.Namespace) -> int:
     """``pocketseg train --recipe``: the recipe's runs into ``--output/<run>/model``."""
-    from pocketseg_core.inference import resolve_device
+    from pocketseg_core.devices import resolve_device
     from pocketseg_core.training.recipes import load_recipe, train_recipe
 
     refused = [

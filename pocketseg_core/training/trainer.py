@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pocketseg_core.devices import amp_dtype
 from pocketseg_core.errors import PocketSegError
 from pocketseg_core.training.augment import build_augmentation
 from pocketseg_core.training.losses import create_loss
@@ -56,13 +57,6 @@ class TrainerHooks:
         """After the epoch (``metrics``: epoch, train_loss, lr, seconds and the validation scores).
         Return ``False`` to stop training (early stop)."""
         return None
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype on ``device`` (bfloat16 where supported, else float16), ``None`` off CUDA."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def machine_description(device: torch.device) -> dict[str, Any]:

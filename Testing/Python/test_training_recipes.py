@@ -233,3 +233,14 @@ def test_cli_trains_a_recipe_file(data_root, tmp_path, capsys):
     assert f"all: model bundle {bundle}" in capsys.readouterr().out
     record = load_bundle(bundle).config.training
     assert record["epochs"] == 1 and record["continued_from"]["epochs"] == 1  # --epochs: every stage
+
+
+def test_a_run_stored_before_the_recipe_keys_existed_still_resumes():
+    from pocketseg_core.training.crossval import _compare_configs
+
+    given = json.loads(json.dumps(TrainingConfig().to_dict()))
+    new_keys = ("sources", "synthesis", "runs", "shipped_run", "stages", "postprocessing", "title",
+                "description", "version", "reseed_every_epoch")  # fmt: skip
+    stored = {key: value for key, value in given.items() if key not in new_keys}
+    assert _compare_configs(stored, given) == []
+    assert _compare_configs({**stored, "epochs": 3}, given) == ["epochs"]

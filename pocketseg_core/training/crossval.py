@@ -122,6 +122,8 @@ class _Progress:
 
 
 def _compare_configs(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    # a run stored before a config key existed had that key's default (e.g. the recipe keys)
+    stored = {**json.loads(json.dumps(TrainingConfig().to_dict())), **stored}
     return sorted(
         k for k in set(stored) | set(given) if k not in RESUME_FREE_KEYS and stored.get(k) != given.get(k)
     )

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/evaluate_shipped_models.py --task skullstrip --device cuda
 
 Every real labelled volume is segmented ONLY by the fold model that was trained without it
-(``out/shipped_models/<task>/<run>/``, written by ``scripts/train_shipped_models.py``); no
+(``out/shipped_models/<task>/<run>/model/``, written by ``scripts/train_shipped_models.py``); no
 image, nor a transformed copy of it, is ever scored by a model that saw it. For each one:
 
 * all eight metrics (:func:`pocketseg_core.metrics.compute_metrics`, physical space);
@@ -33,7 +33,7 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_shipped_models as recipes  # noqa: E402  (the data lists and loaders live there)
+import train_shipped_models as shipping  # noqa: E402  (where the runs and the shipped models live)
 
 from pocketseg_core.bundles import ModelBundle, load_bundle, sha256_of  # noqa: E402
 from pocketseg_core.geometry import resample_to_spacing  # noqa: E402
@@ -41,6 +41,7 @@ from pocketseg_core.inference import InferenceOptions, segment_image  # noqa: E4
 from pocketseg_core.io import write_bytes_atomic, write_text_atomic  # noqa: E402
 from pocketseg_core.metrics import METRIC_NAMES, compute_metrics, dice  # noqa: E402
 from pocketseg_core.overlay import save_overlay_png  # noqa: E402
+from pocketseg_core.training.recipes import load_labelled_case, load_recipe  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "Resources" / "Models"
@@ -192,12 +193,13 @@ def evaluate_task(
 ) -> dict[str, Any]:
     """LOO evaluation of the fold bundles in ``runs_dir/<task>/<run>/`` (default
     ``out/shipped_models``); JSON and PNGs go to ``results_dir`` (default ``Resources/Models``)."""
-    runs_dir = runs_dir or recipes.RUNS_DIR
+    runs_dir = runs_dir or shipping.RUNS_DIR
     results_dir = results_dir or RESULTS_DIR
     images_dir = results_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    recipe = recipes.RECIPES[task]
-    shipped_dir = recipes.MODELS_DIR / task
+    recipe = load_recipe(task)
+    sources = {source["case"]: source for source in recipe.sources}
+    shipped_dir = shipping.MODELS_DIR / task
     summary: dict[str, Any] = {
         "task": task,
         "shipped_run": recipe.shipped_run,
@@ -208,7 +210,7 @@ def evaluate_task(
     for run, held_out in recipe.runs.items():
         if not held_out:
             continue  # the all-data model has no held-out volume
-        run_dir = runs_dir / task / run
+        run_dir = shipping.run_model_dir(runs_dir, task, run)
         if not (run_dir / "bundle.json").is_file():
             print(
                 f"[{task}] {run}: no fold model at {run_dir}; run train_shipped_models.py first", flush=True
@@ -216,15 +218,12 @@ def evaluate_task(
             continue
         trained = load_bundle(run_dir)
         # the recipe's clean-up, as the shipped bundle gets it (fold runs may predate it)
-        bundle = ModelBundle(recipes.recipe_config(recipe, trained.config), trained.state_dict, run_dir)
+        config = recipe.bundle_config(recipe.name, trained.config.training)
+        bundle = ModelBundle(config, trained.state_dict, run_dir)
         network = bundle.build_network(device)
         for case in held_out:
-            if task == "skullstrip":
-                image, truth = recipes.load_brain_head(data, case)
-                source = recipes.BRAIN_HEADS[case][0]
-            else:
-                image, truth = recipes.load_liver_case(data, case)
-                source = recipes.LIVER_CTS[case][0]
+            image, truth = load_labelled_case(data, sources[case])
+            source = sources[case]["image"]
             if source in bundle.config.training.get("files", []):  # never score a training image
                 raise RuntimeError(f"{source} was in the training files of {run_dir}; refusing to evaluate")
             options = InferenceOptions(device=device)
@@ -291,13 +290,16 @@ def markdown_tables(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=recipes.DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=shipping.DEFAULT_DATA)
     parser.add_argument("--task", choices=["skullstrip", "liver", "all"], default="all")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-robustness", action="store_true")
     parser.add_argument(
-        "--runs-dir", type=Path, default=recipes.RUNS_DIR, help="fold bundles: <runs-dir>/<task>/<run>/"
+        "--runs-dir",
+        type=Path,
+        default=shipping.RUNS_DIR,
+        help="fold bundles: <runs-dir>/<task>/<run>/model/",
     )
     parser.add_argument(
         "--results-dir",

@@ -4,12 +4,12 @@
 
 Why a separate split: the two real full heads are the test set (leave-one-out, scored by
 ``evaluate_shipped_models.py``), so nothing may be tuned on them. The validation heads here are
-SynthStrip-style synthetic heads with face, tongue, neck and cord, made by the training script's
-own generator from the skull-stripped brains, but with a seed no training run used: the shells,
+SynthStrip-style synthetic heads with face, tongue, neck and cord, made by the training's own
+generator (``pocketseg_core.training.synthesis``) from the recipe's skull-stripped brains, but with a seed no training run used: the shells,
 faces, tongues, intensities and noise are new; the brains inside are the training brains, so
 these numbers flatter the model and only *compare* settings.
 
-For each fold model (``<runs-dir>/skullstrip/<run>/``) and each validation head, the raw mask
+For each fold model (``<runs-dir>/skullstrip/<run>/model/``) and each validation head, the raw mask
 (no component step) is computed once per inference window, then every clean-up is applied to
 it: the largest component alone, or :func:`~pocketseg_core.postprocessing.cut_thin_bridges` with
 a radius, then the largest component. Dice against the synthetic label, mean per setting, go to
@@ -29,13 +29,15 @@ import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_shipped_models as recipes  # noqa: E402  (the data lists and the head generator)
+import train_shipped_models as shipping  # noqa: E402  (where the runs live)
 
 from pocketseg_core.bundles import load_bundle  # noqa: E402
 from pocketseg_core.inference import InferenceOptions, segment_image  # noqa: E402
 from pocketseg_core.io import write_text_atomic  # noqa: E402
 from pocketseg_core.metrics import dice  # noqa: E402
 from pocketseg_core.postprocessing import cut_thin_bridges, keep_largest_component  # noqa: E402
+from pocketseg_core.training.recipes import load_recipe, load_stripped_brain  # noqa: E402
+from pocketseg_core.training.synthesis import synthesize_head  # noqa: E402
 
 #: far from every seed the training runs used (0, 1000, 2000, 4000 and the per-run offsets)
 VALIDATION_SEED = 777_777
@@ -47,11 +49,13 @@ def validation_heads(data: Path, per_brain: int) -> list[tuple[str, sitk.Image, 
     """Synthetic heads (face, tongue, neck, cord) around each stripped brain, unseen seed."""
     rng = np.random.default_rng(VALIDATION_SEED)
     heads = []
-    for case in recipes.BRAIN_STRIPPED:
-        brain, mask = recipes.load_stripped(data, case)
+    for source in load_recipe("skullstrip").sources:
+        if source["use"] != "synthesis":
+            continue
+        brain, mask = load_stripped_brain(data, source)
         for copy in range(per_brain):
-            head, label = recipes.synthesize_head(brain, mask, rng, face_and_neck=2)
-            heads.append((f"val_{case}_{copy}", head, label))
+            head, label = synthesize_head(brain, mask, rng, face_and_neck=2)
+            heads.append((f"val_{source['case']}_{copy}", head, label))
     return heads
 
 
@@ -65,8 +69,8 @@ def cleanups(raw: sitk.Image) -> dict[str, sitk.Image]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=recipes.DEFAULT_DATA)
-    parser.add_argument("--runs-dir", type=Path, default=recipes.RUNS_DIR)
+    parser.add_argument("--data", type=Path, default=shipping.DEFAULT_DATA)
+    parser.add_argument("--runs-dir", type=Path, default=shipping.RUNS_DIR)
     parser.add_argument("--per-brain", type=int, default=2, help="validation heads per stripped brain")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--output",
         type=Path,
-        default=recipes.REPO_ROOT / "Resources" / "Models" / "validation_skullstrip.json",
+        default=shipping.REPO_ROOT / "Resources" / "Models" / "validation_skullstrip.json",
     )
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -85,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     heads = validation_heads(args.data, args.per_brain)
     scores: dict[str, dict[str, list[float]]] = {}
     per_head: list[dict[str, Any]] = []
-    for run in recipes.RECIPES["skullstrip"].runs:
-        run_dir = args.runs_dir / "skullstrip" / run
+    for run in load_recipe("skullstrip").runs:
+        run_dir = shipping.run_model_dir(args.runs_dir, "skullstrip", run)
         if not (run_dir / "bundle.json").is_file():
             continue
         bundle = load_bundle(run_dir)

@@ -1,6 +1,6 @@
 """The models shipped in the package: catalog entries, checksums, size, and sane masks on real data.
 
-The bundles are trained by ``scripts/train_shipped_models.py``; the real-data checks use
+The bundles are trained from their recipes (``pocketseg train --recipe``, ``scripts/train_shipped_models.py``); the real-data checks use
 ../shared/data and skip without it.
 """
 

@@ -1,7 +1,9 @@
-"""Training: datasets, losses, augmentation, presets, resumable k-fold cross-validation, torchrun.
+"""Training: one loop (:class:`Trainer`), datasets, losses, augmentation, synthetic heads, presets,
+resumable k-fold cross-validation, torchrun, and the recipes of the shipped models.
 
-Entry point: :func:`run_cross_validation` with a :class:`TrainingConfig` (usually from
-:func:`config_from_preset`); the command line is ``pocketseg train`` (docs/training.md).
+Entry points: :func:`run_cross_validation` with a :class:`TrainingConfig` (usually from
+:func:`config_from_preset`), and :func:`train_recipe` with a recipe (:func:`load_recipe`); the
+command line is ``pocketseg train`` (docs/training.md).
 """
 
 import importlib
@@ -20,6 +22,10 @@ _EXPORTS = {
     "TrainingConfig": "presets",
     "config_from_preset": "presets",
     "preset_names": "presets",
+    "load_recipe": "recipes",
+    "train_recipe": "recipes",
+    "Trainer": "trainer",
+    "TrainerHooks": "trainer",
 }
 
 
@@ -34,10 +40,14 @@ __all__ = [
     "Case",
     "CrossValidationResult",
     "TrainingCallbacks",
+    "Trainer",
+    "TrainerHooks",
     "TrainingConfig",
     "config_from_preset",
     "discover_cases",
+    "load_recipe",
     "make_folds",
     "preset_names",
     "run_cross_validation",
+    "train_recipe",
 ]

@@ -38,21 +38,18 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from pocketseg_core.bundles import BundleConfig, LabelInfo, load_bundle, save_bundle
+from pocketseg_core.bundles import load_bundle, save_bundle
 from pocketseg_core.errors import Cancelled, DatasetError, PocketSegError
 from pocketseg_core.metrics import dice
 from pocketseg_core.training import datasets
-from pocketseg_core.training.augment import build_augmentation
 from pocketseg_core.training.checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint
 from pocketseg_core.training.datasets import Case
 from pocketseg_core.training.distributed import (
     DistributedContext,
     context_from_environment,
-    unwrap_model,
     wrap_model,
 )
-from pocketseg_core.training.losses import create_loss
-from pocketseg_core.training.presets import EpochScheduler, TrainingConfig, create_optimizer
+from pocketseg_core.training.presets import TrainingConfig
 from pocketseg_core.training.report import (
     format_summary,
     summarize,
@@ -61,7 +58,8 @@ from pocketseg_core.training.report import (
     write_summary,
 )
 from pocketseg_core.training.runlock import locked_run
-from pocketseg_core.training.sampling import TrainingVolume, prepare_volume, round_up_to_divisor, sample_batch
+from pocketseg_core.training.sampling import TrainingVolume, prepare_volume, round_up_to_divisor
+from pocketseg_core.training.trainer import Trainer, TrainerHooks
 
 logger = logging.getLogger(__name__)
 
@@ -123,35 +121,9 @@ class _Progress:
 # ---------------------------------------------------------------------------- run state
 
 
-def _bundle_config(config: TrainingConfig, name: str, training_info: dict[str, Any]) -> BundleConfig:
-    return BundleConfig(
-        name=name,
-        network=config.network,
-        modality=config.modality,
-        labels=[LabelInfo.from_dict(label) for label in config.labels],
-        spacing=tuple(config.spacing),
-        window_mode=config.window_mode,
-        window_size_zyx=tuple(config.window_size_zyx),
-        network_args=_network_args(config),
-        preprocessing=dict(config.preprocessing),
-        orientation=config.orientation,
-        title=f"{config.network} trained with {config.name}",
-        description=(
-            "Trained by pocketseg train (k-fold cross-validation); research use only, not a clinical device."
-        ),
-        task=config.task,
-        training=training_info,
-    )
-
-
-def _network_args(config: TrainingConfig) -> dict[str, Any]:
-    """The network's arguments, with the output channels the labels need (background + labels)."""
-    args = dict(config.network_args)
-    args.setdefault("num_classes", max(int(label["value"]) for label in config.labels) + 1)
-    return args
-
-
 def _compare_configs(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    # a run stored before a config key existed had that key's default (e.g. the recipe keys)
+    stored = {**json.loads(json.dumps(TrainingConfig().to_dict())), **stored}
     return sorted(
         k for k in set(stored) | set(given) if k not in RESUME_FREE_KEYS and stored.get(k) != given.get(k)
     )
@@ -262,10 +234,79 @@ def _split_validation(
     return list(train_subjects), list(test_subjects), "the held-out fold (too few subjects to hold some out)"
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+class _FoldHooks(TrainerHooks):
+    """Cross-validation around the :class:`Trainer`: per-epoch seeds, progress and cancel,
+    validation, best and last checkpoints, logs, early stop."""
+
+    def __init__(
+        self,
+        fold: int,
+        config: TrainingConfig,
+        run_dir: Path,
+        fold_dir: Path,
+        validation_volumes: list[TrainingVolume],
+        num_classes: int,
+        ctx: DistributedContext,
+        progress: _Progress,
+        progress_span: tuple[float, float],
+        bar: Any,
+        writer: bool,
+    ) -> None:
+        self.fold, self.config, self.run_dir, self.fold_dir = fold, config, run_dir, fold_dir
+        self.validation_volumes, self.num_classes = validation_volumes, num_classes
+        self.ctx, self.progress, self.span, self.bar, self.writer = ctx, progress, progress_span, bar, writer
+        self.best = {"best_dice": -1.0, "best_epoch": 0, "stale_epochs": 0}
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        if self.config.reseed_every_epoch:  # a resumed epoch samples what the original would have
+            trainer.reseed(_epoch_seed(self.config.seed, self.fold, epoch, self.ctx.rank))
+
+    def on_step_end(self, trainer: Trainer, epoch: int, step: int, mean_loss: float) -> None:
+        config = self.config
+        self.bar.update(1)
+        done = (epoch - 1) * config.steps_per_epoch + step
+        start, end = self.span
+        self.progress(
+            start + (end - start) * done / (config.epochs * config.steps_per_epoch),
+            f"fold {self.fold}/{config.folds}, epoch {epoch}/{config.epochs}, loss {mean_loss:.4f}",
+        )
+
+    def validate(self, trainer: Trainer, epoch: int) -> dict[str, float]:
+        val_loss, val_dice = _validation_scores(
+            trainer.network, self.validation_volumes, self.config, trainer.device, self.num_classes
+        )
+        return {"val_loss": val_loss, "val_dice": val_dice}
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> bool:
+        fold, best = self.fold, self.best
+        metrics["fold"] = fold
+        if metrics["val_dice"] > best["best_dice"]:
+            best.update(best_dice=metrics["val_dice"], best_epoch=epoch, stale_epochs=0)
+            if self.writer:
+                atomic_torch_save(trainer.model_state(), self.fold_dir / "best.pt")
+        else:
+            best["stale_epochs"] += 1
+        if self.writer:
+            atomic_torch_save({**trainer.checkpoint(), **best}, self.fold_dir / "last.pt")
+            write_csv(self.fold_dir / "log.csv", trainer.history, LOG_COLUMNS)
+            if not self.ctx.enabled:  # one writer: keep the run-level log live for GUIs
+                _write_run_log(self.run_dir, self.config.folds)
+        self.bar.set_postfix(
+            loss=f"{metrics['train_loss']:.4f}",
+            val_dice=f"{metrics['val_dice']:.4f}",
+            lr=f"{metrics['lr']:.2e}",
+        )
+        logger.info(
+            "fold %d epoch %d: loss %.4f, val loss %.4f, val Dice %.4f, lr %.2e, %.1f s",
+            fold, epoch, metrics["train_loss"], metrics["val_loss"], metrics["val_dice"], metrics["lr"],
+            metrics["seconds"],
+        )  # fmt: skip
+        self.progress.epoch_end(fold, epoch, {k: v for k, v in metrics.items() if k not in ("fold", "epoch")})
+        patience = self.config.early_stopping_patience
+        if patience is not None and best["stale_epochs"] >= patience:
+            logger.info("fold %d: early stop after epoch %d (best epoch %d)", fold, epoch, best["best_epoch"])
+            return False
+        return True
 
 
 class _NoBar:
@@ -318,149 +359,74 @@ def _train_fold(
     validation_volumes = [volumes[c.case_id] for c in cases if c.subject in validation_subjects]
 
     torch.manual_seed(_epoch_seed(config.seed, fold, 0, 0))  # same initial weights on every rank
-    network_args = _network_args(config)
+    network_args = config.network_arguments()
     model = create_network(config.network, **network_args).to(device)
-    num_classes = int(network_args["num_classes"])
     divisor = tuple(int(d) for d in getattr(model, "spatial_divisor", (1, 1, 1)))
     if config.window_mode == "slice2d":
         divisor = (1, *divisor[-2:])
         if config.patch_size_zyx[0] != 1:
             raise PocketSegError("slice2d training needs patch_size_zyx[0] == 1 (one slice per patch)")
-    patch = round_up_to_divisor(tuple(config.patch_size_zyx), divisor)
-    optimizer = create_optimizer(model.parameters(), config.optimizer)
-    scheduler = EpochScheduler(optimizer, config.scheduler)
-    loss_function = create_loss(**config.loss)
-    augmentation = build_augmentation(config.augmentation)
-    amp_dtype = _amp_dtype(device) if config.amp else None
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": 0, "stale_epochs": 0, "history": []}
-    last_path, best_path = fold_dir / "last.pt", fold_dir / "best.pt"
-    if last_path.is_file():
-        checkpoint = load_checkpoint(last_path)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state = {key: checkpoint[key] for key in state}
-        logger.info("fold %d: resuming after epoch %d", fold, state["epoch"])
-    trained = wrap_model(model, ctx, device)
-    trained.train()
-
     steps_total = config.epochs * config.steps_per_epoch
     bar = _progress_bar(
         config.show_progress and ctx.is_main,
         total=steps_total,
-        initial=state["epoch"] * config.steps_per_epoch,
         desc=f"fold {fold}/{config.folds}",
         leave=False,
     )
-    span_start, span_end = progress_span
+    hooks = _FoldHooks(
+        fold, config, run_dir, fold_dir, validation_volumes, int(network_args["num_classes"]),
+        ctx, progress, progress_span, bar, writer,
+    )  # fmt: skip
+    trainer = Trainer(
+        model,
+        train_volumes,
+        patch_zyx=round_up_to_divisor(tuple(config.patch_size_zyx), divisor),
+        batch_size=config.batch_size,
+        foreground_fraction=config.foreground_fraction,
+        slices_2d=config.window_mode == "slice2d",
+        loss=config.loss,
+        optimizer=config.optimizer,
+        scheduler=config.scheduler,
+        augmentation=config.augmentation,
+        total_steps=steps_total,
+        seed=_epoch_seed(config.seed, fold, 1, ctx.rank),
+        device=device,
+        amp=config.amp,
+        hooks=hooks,
+        name=f"fold {fold}",
+    )
+    last_path = fold_dir / "last.pt"
+    if last_path.is_file():
+        checkpoint = load_checkpoint(last_path)
+        trainer.restore(checkpoint)
+        hooks.best = {key: checkpoint[key] for key in hooks.best}
+        logger.info("fold %d: resuming after epoch %d", fold, trainer.epoch)
+    trainer.forward = wrap_model(model, ctx, device)
+    bar.update(trainer.epoch * config.steps_per_epoch)
     try:
-        for epoch in range(state["epoch"] + 1, config.epochs + 1):
-            started = time.perf_counter()
-            epoch_seed = _epoch_seed(config.seed, fold, epoch, ctx.rank)
-            rng = np.random.default_rng(epoch_seed)
-            generator = torch.Generator().manual_seed(epoch_seed)
-            torch.manual_seed(epoch_seed)
-            learning_rate = float(optimizer.param_groups[0]["lr"])
-            running = 0.0
-            for step in range(config.steps_per_epoch):
-                images, labels = sample_batch(
-                    train_volumes, config.batch_size, patch, config.foreground_fraction, rng
-                )
-                if config.window_mode == "slice2d":
-                    images, labels = images[:, :, 0], labels[:, 0]
-                images, labels = augmentation(images, labels, generator)
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    output = trained(images)
-                    loss = loss_function(output, labels)
-                if not torch.isfinite(loss):
-                    raise PocketSegError(
-                        f"fold {fold} epoch {epoch}: the loss became {float(loss)}; lower the learning rate "
-                        f"(optimizer.lr) or check the images' intensities"
-                    )
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                running += float(loss.detach())
-                bar.update(1)
-                done = (epoch - 1) * config.steps_per_epoch + step + 1
-                progress(
-                    span_start + (span_end - span_start) * done / steps_total,
-                    f"fold {fold}/{config.folds}, epoch {epoch}/{config.epochs}, loss {running / (step + 1):.4f}",
-                )
-            val_loss, val_dice = _validation_scores(model, validation_volumes, config, device, num_classes)
-            scheduler.step(val_loss)
-            seconds = time.perf_counter() - started
-            metrics = {
-                "fold": fold,
-                "epoch": epoch,
-                "train_loss": running / config.steps_per_epoch,
-                "val_loss": val_loss,
-                "val_dice": val_dice,
-                "lr": learning_rate,
-                "seconds": seconds,
-            }
-            state["history"].append(metrics)
-            state["epoch"] = epoch
-            if val_dice > state["best_dice"]:
-                state.update(best_dice=val_dice, best_epoch=epoch, stale_epochs=0)
-                if writer:
-                    atomic_torch_save(_cpu_state(model), best_path)
-            else:
-                state["stale_epochs"] += 1
-            if writer:
-                checkpoint = {
-                    "model": _cpu_state(model),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    **state,
-                }
-                atomic_torch_save(checkpoint, last_path)
-                write_csv(fold_dir / "log.csv", state["history"], LOG_COLUMNS)
-                if not ctx.enabled:  # one writer: keep the run-level log live for GUIs
-                    _write_run_log(run_dir, config.folds)
-            bar.set_postfix(
-                loss=f"{metrics['train_loss']:.4f}", val_dice=f"{val_dice:.4f}", lr=f"{learning_rate:.2e}"
-            )
-            logger.info(
-                "fold %d epoch %d: loss %.4f, val loss %.4f, val Dice %.4f, lr %.2e, %.1f s",
-                fold, epoch, metrics["train_loss"], val_loss, val_dice, learning_rate, seconds,
-            )  # fmt: skip
-            progress.epoch_end(fold, epoch, {k: v for k, v in metrics.items() if k not in ("fold", "epoch")})
-            patience = config.early_stopping_patience
-            if patience is not None and state["stale_epochs"] >= patience:
-                logger.info(
-                    "fold %d: early stop after epoch %d (best epoch %d)", fold, epoch, state["best_epoch"]
-                )
-                break
+        trainer.fit(config.epochs, config.steps_per_epoch)
     finally:
         bar.close()
 
     summary = {
         "status": "done",
         "fold": fold,
-        "best_epoch": state["best_epoch"],
-        "best_val_dice": state["best_dice"],
-        "epochs_run": state["epoch"],
+        "best_epoch": hooks.best["best_epoch"],
+        "best_val_dice": hooks.best["best_dice"],
+        "epochs_run": trainer.epoch,
         "train_subjects": train_subjects,
         "validation_subjects": validation_subjects,
         "validation": validation_source,
         "test_subjects": test_subjects,
     }
     if writer:
-        best_state = load_checkpoint(best_path)
+        best_state = load_checkpoint(fold_dir / "best.pt")
         save_bundle(
             fold_dir / "bundle",
-            _bundle_config(
-                config, f"{config.name}-fold{fold}", {"fold": fold, **_brief(summary), "seed": config.seed}
+            config.bundle_config(
+                f"{config.name}-fold{fold}", {"fold": fold, **_brief(summary), "seed": config.seed}
             ),
             best_state,
         )
@@ -481,10 +447,6 @@ def _write_run_log(run_dir: Path, n_folds: int) -> Path:
 
 def _brief(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: summary[k] for k in ("best_epoch", "best_val_dice", "epochs_run", "validation")}
-
-
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()}
 
 
 # ------------------------------------------------------------------------- the whole run
@@ -542,7 +504,7 @@ def _run_cross_validation(
     ctx = distributed or context_from_environment(config.distributed_mode)
     run_dir = Path(output_dir)
     progress = _Progress(callbacks)
-    _bundle_config(config, config.name, {})  # refuse a config inference could not use, before any work
+    config.bundle_config(config.name, {})  # refuse a config inference could not use, before any work
 
     label_map = {int(k): int(v) for k, v in config.label_map.items()} if config.label_map else None
     cases = datasets.discover_cases(config.dataset, label_map)
@@ -693,7 +655,7 @@ def _finish(
     }
     bundle_path = save_bundle(
         run_dir / "model",
-        _bundle_config(config, f"{config.name}-{config.network}", training_info),
+        config.bundle_config(f"{config.name}-{config.network}", training_info),
         best_state,
     )
     summary_json = write_summary(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainingConfig:
-    """Everything a cross-validation run needs, besides the data.
+    """Everything a cross-validation run or a recipe needs, besides the data.
 
     Spacings are mm in SimpleITK ``(x, y, z)`` order; patch and window sizes in torch
     ``(z, y, x)`` order (window 0 = whole axis, as in :class:`~pocketseg_core.bundles.BundleConfig`).
@@ -75,10 +76,33 @@ class TrainingConfig:
     #: "folds": spread folds over torchrun ranks; "ddp": DistributedDataParallel inside each fold
     distributed_mode: str = "folds"
     show_progress: bool = True
+    #: label values, names, colours; empty: the task's standard label (``bundles.standard_label``)
     labels: list[dict[str, Any]] = field(
         default_factory=lambda: [{"value": 1, "name": "Structure", "color": [1.0, 1.0, 0.0]}]
     )
     task: str | None = None
+    #: True (cross-validation): each epoch draws its patches and augmentation from a seed derived
+    #: from (seed, fold, epoch); False (recipes): one random stream from ``seed`` for the whole stage
+    reseed_every_epoch: bool = True
+    # ---- recipes (``pocketseg train --recipe``; see pocketseg_core/training/recipes.py) ----
+    #: the recipe's files, relative to ``--data-root``: ``{"case", "image", "label", "use":
+    #: "train"|"synthesis", "label_value"}`` (``label_value`` absent: label >= 0.5 is foreground)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    #: synthetic images made from the ``use: synthesis`` sources (``synthesis.py``), or empty
+    synthesis: dict[str, Any] = field(default_factory=dict)
+    #: run name -> case ids held out of that run (``[]``: trained on every case)
+    runs: dict[str, list[str]] = field(default_factory=dict)
+    #: the run whose model is shipped
+    shipped_run: str = ""
+    #: training stages, each warm-started from the previous one's weights with a new optimiser
+    #: and schedule: ``{"name": ..., <config keys overriding this config's>}``; empty: one stage
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    #: the bundle's mask clean-up (``BundleConfig.postprocessing``)
+    postprocessing: dict[str, Any] = field(default_factory=dict)
+    #: the bundle's title, description and version (empty: generic text, version 0.0.0)
+    title: str = ""
+    description: str = ""
+    version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -101,6 +125,67 @@ class TrainingConfig:
     def replace(self, **changes: Any) -> TrainingConfig:
         """A copy with ``changes`` (unknown keys raise)."""
         return TrainingConfig.from_dict({**copy.deepcopy(self.to_dict()), **changes})
+
+    def stage(self, index: int) -> TrainingConfig:
+        """The config of stage ``index`` (0-based): this config with the stage's keys applied
+        (``optimizer`` and ``synthesis`` are merged key by key); the config itself if it has no stages."""
+        if not self.stages:
+            if index != 0:
+                raise PocketSegError(f"{self.name} has one training stage; there is no stage {index + 1}")
+            return self.replace(stages=[])
+        if not 0 <= index < len(self.stages):
+            raise PocketSegError(f"{self.name} has {len(self.stages)} training stages; no stage {index + 1}")
+        changes = copy.deepcopy(self.stages[index])
+        changes.pop("name", None)
+        for key in ("optimizer", "synthesis"):
+            if key in changes:
+                changes[key] = {**getattr(self, key), **changes[key]}
+        return self.replace(stages=[], **changes)
+
+    def stage_names(self) -> list[str]:
+        return [str(stage.get("name", f"stage_{i + 1}")) for i, stage in enumerate(self.stages)] or [
+            "stage_1"
+        ]
+
+    def network_arguments(self) -> dict[str, Any]:
+        """The network's arguments, with the output channels the labels need (background + labels)."""
+        args = dict(self.network_args)
+        args.setdefault("num_classes", max(int(label["value"]) for label in self.label_infos()) + 1)
+        return args
+
+    def label_infos(self) -> list[dict[str, Any]]:
+        """``labels``, or the task's standard label when ``labels`` is empty."""
+        if self.labels:
+            return list(self.labels)
+        from pocketseg_core.bundles import standard_label
+
+        if not self.task:
+            raise PocketSegError(f"training config {self.name!r} has no labels and no task; give one of them")
+        return [standard_label(self.task).to_dict()]
+
+    def bundle_config(self, name: str, training_info: dict[str, Any]):
+        """The :class:`~pocketseg_core.bundles.BundleConfig` of a model trained with this config."""
+        from pocketseg_core.bundles import BundleConfig, LabelInfo
+
+        return BundleConfig(
+            name=name,
+            network=self.network,
+            modality=self.modality,
+            labels=[LabelInfo.from_dict(label) for label in self.label_infos()],
+            spacing=tuple(self.spacing),
+            window_mode=self.window_mode,
+            window_size_zyx=tuple(self.window_size_zyx),
+            network_args=self.network_arguments(),
+            preprocessing=dict(self.preprocessing),
+            orientation=self.orientation,
+            postprocessing=copy.deepcopy(self.postprocessing),
+            title=self.title or f"{self.network} trained with {self.name}",
+            version=self.version or "0.0.0",
+            description=self.description
+            or "Trained by pocketseg train (k-fold cross-validation); research use only, not a clinical device.",
+            task=self.task,
+            training=training_info,
+        )
 
 
 # name, colour and SNOMED-CT codes of each task's structure come from the anatomy table
@@ -203,6 +288,25 @@ def create_optimizer(parameters, spec: dict[str, Any]) -> torch.optim.Optimizer:
         raise PocketSegError(f"optimizer {name!r} does not accept {params}: {error}") from error
 
 
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.05
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to 0 at ``total_steps``.
+
+    Stepped after every batch (the shipped models' schedule). The factor at step ``s`` is
+    ``min(1, (s + 1) / warmup) * (1 + cos(pi * min(s, total) / total)) / 2``.
+    """
+    import torch
+
+    total = max(1, int(total_steps))
+    warmup = max(1, math.floor(total * warmup_fraction + 1e-9))
+
+    def factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 #: scheduler name -> (class name in ``torch.optim.lr_scheduler``, whether ``step`` takes the
 #: validation loss); names, not classes, so that importing the presets (for ``pocketseg --help``
 #: and the Slicer training module's menus) does not import torch
@@ -213,29 +317,46 @@ SCHEDULERS: dict[str, tuple[str, bool]] = {
     "cosine": ("CosineAnnealingLR", False),
     "constant": ("ConstantLR", False),
 }
+#: schedulers stepped after every batch rather than every epoch; they get ``total_steps``
+STEP_SCHEDULERS = {"warmup_cosine": warmup_cosine}
 
 
-class EpochScheduler:
-    """A learning-rate scheduler stepped once per epoch, with the validation loss where it needs one."""
+class LearningRateSchedule:
+    """A learning-rate scheduler by name, stepped after every batch (``warmup_cosine``) or once
+    per epoch (the others; ``plateau`` with the validation loss)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, spec: dict[str, Any]) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, spec: dict[str, Any], total_steps: int = 0) -> None:
         params = dict(spec)
         name = params.pop("name", "constant")
-        if name not in SCHEDULERS:
-            raise PocketSegError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-        import torch
-
-        class_name, self.needs_metric = SCHEDULERS[name]
-        scheduler_class = getattr(torch.optim.lr_scheduler, class_name)
-        if name == "constant":
-            params = {"factor": 1.0, "total_iters": 0, **params}
+        self.per_step = name in STEP_SCHEDULERS
+        self.needs_metric = False
+        known = ", ".join([*SCHEDULERS, *STEP_SCHEDULERS])
         try:
+            if self.per_step:
+                self.scheduler = STEP_SCHEDULERS[name](optimizer, total_steps, **params)
+                return
+            if name not in SCHEDULERS:
+                raise PocketSegError(f"unknown scheduler {name!r}; choose one of {known}")
+            import torch
+
+            class_name, self.needs_metric = SCHEDULERS[name]
+            scheduler_class = getattr(torch.optim.lr_scheduler, class_name)
+            if name == "constant":
+                params = {"factor": 1.0, "total_iters": 0, **params}
             self.scheduler = scheduler_class(optimizer, **params)
         except TypeError as error:
             raise PocketSegError(f"scheduler {name!r} does not accept {params}: {error}") from error
 
-    def step(self, validation_loss: float) -> None:
+    def after_step(self) -> None:
+        if self.per_step:
+            self.scheduler.step()
+
+    def after_epoch(self, validation_loss: float | None) -> None:
+        if self.per_step:
+            return
         if self.needs_metric:
+            if validation_loss is None:
+                raise PocketSegError("the plateau scheduler needs a validation set; choose another scheduler")
             self.scheduler.step(validation_loss)
         else:
             self.scheduler.step()

@@ -1,0 +1,246 @@
+"""Recipes (training/recipes.py) and the one training loop (training/trainer.py): stages, exact
+resume, repeatability, the packaged recipes against the shipped bundles, the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from training_phantoms import phantom_pair
+
+from pocketseg_core.bundles import SHIPPED_CATALOG, load_bundle
+from pocketseg_core.cli import main as cli_main
+from pocketseg_core.errors import Cancelled, PocketSegError
+from pocketseg_core.training.presets import LearningRateSchedule, TrainingConfig
+from pocketseg_core.training.recipes import build_training_volumes, load_recipe, train_recipe
+
+
+def _brain_phantom() -> tuple[sitk.Image, sitk.Image]:
+    """A small skull-stripped 'brain' (ellipsoid, intensity gradient, zero outside), 2 mm."""
+    z, y, x = np.mgrid[:24, :28, :26].astype(np.float32)
+    inside = ((z - 12) / 8) ** 2 + ((y - 13) / 10) ** 2 + ((x - 13) / 9) ** 2 <= 1.0
+    image = sitk.GetImageFromArray(np.where(inside, 300.0 + 5.0 * x, 0.0).astype(np.float32))
+    image.SetSpacing((2.0, 2.0, 2.0))
+    return image, image  # the brain is the non-zero part: no mask file needed
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe_data")
+    for index in range(3):
+        image, label = phantom_pair(index)
+        sitk.WriteImage(image, str(root / f"case{index}.nii.gz"))
+        sitk.WriteImage(label * 3, str(root / f"case{index}_labels.nii.gz"))  # label value 3
+    sitk.WriteImage(_brain_phantom()[0], str(root / "stripped.nii.gz"))
+    return root
+
+
+def _recipe(**changes) -> TrainingConfig:
+    """A tiny two-stage recipe: 3 labelled phantoms + 1 synthetic head, a new lr and seed in stage 2."""
+    recipe = {
+        "name": "tiny-recipe",
+        "task": "skullstrip",
+        "version": "9.9.9",
+        "title": "Tiny",
+        "description": "test recipe",
+        "network": "pocket_unet3d",
+        "network_args": {"init_filters": 4, "depth": 2, "pool_size": 2, "num_classes": 2},
+        "spacing": [4.0, 4.0, 4.0],
+        "window_mode": "patch3d",
+        "window_size_zyx": [16, 16, 16],
+        "patch_size_zyx": [16, 16, 16],
+        "batch_size": 2,
+        "loss": {"name": "dice_l2_ce"},
+        "optimizer": {"name": "adam", "lr": 0.005},
+        "scheduler": {"name": "warmup_cosine", "warmup_fraction": 0.25},
+        "augmentation": [{"name": "flip", "p": 0.5}, {"name": "noise", "p": 0.5, "std": [0.0, 0.1]}],
+        "epochs": 2,
+        "steps_per_epoch": 2,
+        "seed": 4,
+        "reseed_every_epoch": False,
+        "amp": False,
+        "labels": [],
+        "sources": [
+            *(
+                {
+                    "case": f"c{i}",
+                    "image": f"case{i}.nii.gz",
+                    "label": f"case{i}_labels.nii.gz",
+                    "label_value": 3,
+                    "use": "train",
+                }
+                for i in range(3)
+            ),  # fmt: skip
+            {"case": "brain", "image": "stripped.nii.gz", "use": "synthesis"},
+        ],
+        "synthesis": {
+            "kind": "synthstrip_heads",
+            "seed": 0,
+            "per_source": 1,
+            "face_and_neck": 0,
+            "balance": "half",
+        },
+        "runs": {"all": [], "loo_c0": ["c0"]},
+        "shipped_run": "all",
+        "postprocessing": {"fill_holes": "3d"},
+        "stages": [{"name": "first"}, {"name": "second", "optimizer": {"lr": 0.002}, "seed": 7, "epochs": 1}],
+    }
+    recipe.update(changes)
+    return TrainingConfig.from_dict(recipe)
+
+
+class _CancelAtStep:
+    def __init__(self, step: int | None) -> None:
+        self.step, self.calls = step, 0
+
+    def __call__(self, fraction: float, message: str) -> bool:
+        self.calls += 1
+        return self.step is None or self.calls < self.step
+
+
+def test_stages_repeat_bit_for_bit_and_a_cancelled_run_resumes_exactly(data_root, tmp_path):
+    recipe = _recipe()
+    first = train_recipe(recipe, data_root, tmp_path / "a")["all"]
+    again = train_recipe(recipe, data_root, tmp_path / "b")["all"]
+    state, repeated = load_bundle(first).state_dict, load_bundle(again).state_dict
+    assert all(torch.equal(state[k], repeated[k]) for k in state)
+
+    # cancelled in the middle of stage 1's second epoch, then resumed from last.pt
+    with pytest.raises(Cancelled, match="resumed"):
+        train_recipe(recipe, data_root, tmp_path / "c", on_progress=_CancelAtStep(3))
+    assert (tmp_path / "c" / "all" / "first" / "last.pt").is_file()
+    with pytest.raises(PocketSegError, match="not empty"):
+        train_recipe(recipe, data_root, tmp_path / "c")
+    resumed = load_bundle(train_recipe(recipe, data_root, tmp_path / "c", resume=True)["all"]).state_dict
+    assert all(torch.equal(state[k], resumed[k]) for k in state)
+
+    # another seed gives other weights (the comparison above can fail)
+    other = load_bundle(train_recipe(recipe.replace(seed=5), data_root, tmp_path / "d")["all"]).state_dict
+    assert not all(torch.equal(state[k], other[k]) for k in state)
+
+
+def test_model_bundle_carries_the_recipe_and_its_stages(data_root, tmp_path):
+    bundle = load_bundle(train_recipe(_recipe(), data_root, tmp_path / "run", runs=["loo_c0"])["loo_c0"])
+    config = bundle.config
+    assert (config.name, config.version, config.title, config.postprocessing) == (
+        "tiny-recipe", "9.9.9", "Tiny", {"fill_holes": "3d"},
+    )  # fmt: skip
+    assert config.labels[0].name == "Brain"  # labels [] -> the task's standard label
+    second = config.training
+    assert (second["stage"], second["seed"], second["optimizer"]["lr"], second["epochs_done"]) == (
+        "second", 7, 0.002, 1,
+    )  # fmt: skip
+    first = second["continued_from"]
+    assert (first["stage"], first["seed"], len(first["history"])) == ("first", 4, 2)
+    assert first["held_out"] == ["c0"] and "case0.nii.gz" not in first["files"]
+    assert first["files"][-1] == "stripped.nii.gz"
+    log = (tmp_path / "run" / "loo_c0" / "first" / "log.csv").read_text(encoding="utf-8").splitlines()
+    assert log[0] == "epoch,train_loss,lr,seconds" and len(log) == 3
+
+
+def test_training_volumes_hold_out_cases_and_balance_real_and_synthetic(data_root):
+    recipe = _recipe(synthesis={"kind": "synthstrip_heads", "seed": 0, "per_source": 4, "balance": "half"})
+    volumes = build_training_volumes(recipe, data_root, held_out=["c1"])
+    names = [volume.case_id for volume in volumes]
+    # 2 real cases, 4 synthetic: the real ones repeated round(4 / 2) = 2 times
+    assert names == [
+        "c0",
+        "c2",
+        "c0",
+        "c2",
+        "synth_brain_0",
+        "synth_brain_1",
+        "synth_brain_2",
+        "synth_brain_3",
+    ]
+    assert all(set(np.unique(v.label)) <= {0, 1} and v.label.any() for v in volumes)  # label 3 -> 1
+
+
+def test_warmup_cosine_follows_its_formula():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([parameter], lr=2e-3)
+    schedule = LearningRateSchedule(optimizer, {"name": "warmup_cosine", "warmup_fraction": 0.05}, 300)
+    seen = []
+    for _ in range(300):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.after_step()
+        schedule.after_epoch(None)  # a per-step schedule ignores epochs
+    expected = [2e-3 * min(1.0, (s + 1) / 15) * 0.5 * (1 + math.cos(math.pi * s / 300)) for s in range(300)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-12)
+    assert seen[14] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 14 / 300)))
+
+
+@pytest.mark.parametrize("task", ["skullstrip", "liver"])
+def test_packaged_recipes_describe_the_shipped_bundles(task):
+    recipe = load_recipe(task)
+    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
+    entry = next(e for e in catalog["bundles"] if e["task"] == task)
+    shipped = load_bundle(SHIPPED_CATALOG.parent / entry["path"]).config
+    made = recipe.bundle_config(recipe.name, {})
+    for key in (
+        "name", "network", "network_args", "modality", "spacing", "window_mode", "window_size_zyx",
+        "preprocessing", "postprocessing", "orientation", "title", "version", "description", "task",
+    ):  # fmt: skip
+        assert getattr(made, key) == getattr(shipped, key), key
+    assert [label.to_dict() for label in made.labels] == [label.to_dict() for label in shipped.labels]
+    # the recipe's stages are the ones recorded in the shipped bundle (oldest first)
+    records, record = [], shipped.training
+    while record:
+        records.insert(0, record)
+        record = record.get("continued_from")
+    assert len(records) == max(1, len(recipe.stages))
+    for index, record in enumerate(records):
+        stage = recipe.stage(index)
+        assert record["seed"] == stage.seed
+        assert (record["epochs"], record["steps_per_epoch"]) == (stage.epochs, stage.steps_per_epoch)
+        assert record["optimizer"]["lr"] == stage.optimizer["lr"]
+        assert record["batch_size"] == stage.batch_size and record["patch_zyx"] == list(stage.patch_size_zyx)
+        assert record["augmentation"] == stage.augmentation
+        assert int(record.get("synthetic_face_neck_cord", 0)) == int(stage.synthesis.get("face_and_neck", 0))
+        assert record["held_out"] == recipe.runs[recipe.shipped_run]
+
+
+def test_cli_recipe_errors_are_one_clear_sentence(data_root, tmp_path, capsys):
+    assert cli_main(["train", "--recipe", "liver", "--output", str(tmp_path / "x")]) == 1
+    assert "--recipe needs --data-root" in capsys.readouterr().err
+    code = cli_main(
+        ["train", "--recipe", "liver", "--data-root", str(data_root), "--output", str(tmp_path / "x")]
+    )
+    error = capsys.readouterr().err
+    assert (
+        code == 1 and "are not under the data root" in error and "liver/ts_abdomen_ct_small.nii.gz" in error
+    )
+    assert cli_main(["train", "--recipe", "nonesuch", "--data-root", str(data_root), "--output", "x"]) == 1
+    assert "neither a file nor a packaged recipe" in capsys.readouterr().err
+    assert cli_main(["train", "--output", str(tmp_path / "y")]) == 1
+    assert "needs --dataset and --preset, or --recipe" in capsys.readouterr().err
+
+
+def test_cli_trains_a_recipe_file(data_root, tmp_path, capsys):
+    recipe_file = tmp_path / "tiny.json"
+    recipe_file.write_text(json.dumps(_recipe().to_dict()), encoding="utf-8")
+    code = cli_main([
+        "train", "--recipe", str(recipe_file), "--data-root", str(data_root), "--output", str(tmp_path / "out"),
+        "--device", "cpu", "--epochs", "1",
+    ])  # fmt: skip
+    assert code == 0
+    bundle = tmp_path / "out" / "all" / "model"
+    assert f"all: model bundle {bundle}" in capsys.readouterr().out
+    record = load_bundle(bundle).config.training
+    assert record["epochs"] == 1 and record["continued_from"]["epochs"] == 1  # --epochs: every stage
+
+
+def test_a_run_stored_before_the_recipe_keys_existed_still_resumes():
+    from pocketseg_core.training.crossval import _compare_configs
+
+    given = json.loads(json.dumps(TrainingConfig().to_dict()))
+    new_keys = ("sources", "synthesis", "runs", "shipped_run", "stages", "postprocessing", "title",
+                "description", "version", "reseed_every_epoch")  # fmt: skip
+    stored = {key: value for key, value in given.items() if key not in new_keys}
+    assert _compare_configs(stored, given) == []
+    assert _compare_configs({**stored, "epochs": 3}, given) == ["epochs"]

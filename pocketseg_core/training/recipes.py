@@ -1,0 +1,470 @@
+"""Recipes: a model's whole training in one JSON file, reproduced by ``pocketseg train --recipe``.
+
+A recipe is a :class:`~pocketseg_core.training.presets.TrainingConfig` whose ``sources`` name the
+files (relative to a data root), whose ``synthesis`` says which synthetic images to add, whose
+``runs`` say which cases each run holds out, and whose ``stages`` are trained one after the other,
+each warm-started from the previous stage's weights with a new optimiser and schedule. The shipped
+models' recipes are ``pocketseg_core/training/recipes/<task>.json``.
+
+Output folder of :func:`train_recipe` (``output_dir``)::
+
+    <run>/recipe.json          the recipe as trained
+    <run>/<stage>/last.pt      trainer state after the last finished epoch (exact resume point)
+    <run>/<stage>/bundle/      the stage's model after its last finished epoch
+    <run>/<stage>/log.csv      per-epoch loss, lr, seconds
+    <run>/<stage>/state.json   {"status": "done", ...} once the stage has finished
+    <run>/model/               the run's final model: a bundle for ``pocketseg predict --model``
+
+Every stage of a run starts like this (the order is what makes runs repeatable): torch's global
+generator is seeded with ``seed`` of the recipe, the training volumes are prepared (synthetic
+ones drawn from ``synthesis.seed``), the network is created (random weights from that seed, or
+the previous stage's weights), then the :class:`~pocketseg_core.training.trainer.Trainer` draws
+patches and augmentation from the stage's ``seed``, in one stream for the whole stage.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from pocketseg_core import io
+from pocketseg_core.bundles import load_bundle, save_bundle
+from pocketseg_core.errors import Cancelled, PocketSegError
+from pocketseg_core.training.checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint
+from pocketseg_core.training.presets import TrainingConfig
+from pocketseg_core.training.report import write_csv
+from pocketseg_core.training.sampling import TrainingVolume, prepare_volume, round_up_to_divisor
+from pocketseg_core.training.synthesis import synthesize_head
+from pocketseg_core.training.trainer import Trainer, TrainerHooks, machine_description
+
+logger = logging.getLogger(__name__)
+
+LOG_COLUMNS = ("epoch", "train_loss", "lr", "seconds")
+#: synthesis kinds -> the function making one synthetic (image, label) from a source
+SYNTHESIS_KINDS = {"synthstrip_heads"}
+
+#: ``on_progress(fraction, message)``: return ``False`` to cancel (the run stays resumable)
+ProgressCallback = Callable[[float, str], "bool | None"]
+
+
+# ------------------------------------------------------------------------------ recipes
+
+
+def packaged_recipe_names() -> list[str]:
+    """Names of the recipes shipped with the package (the shipped models' tasks)."""
+    folder = resources.files("pocketseg_core.training") / "recipes"
+    return sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_recipe(name_or_path: str | Path) -> TrainingConfig:
+    """A recipe from a JSON file, or a packaged recipe by name (``skullstrip``, ``liver``)."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        if str(name_or_path) not in packaged_recipe_names():
+            raise PocketSegError(
+                f"recipe {name_or_path} is neither a file nor a packaged recipe "
+                f"({', '.join(packaged_recipe_names())}); give the path of a recipe .json"
+            )
+        path = Path(str(resources.files("pocketseg_core.training") / "recipes" / f"{name_or_path}.json"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise PocketSegError(f"cannot read recipe {path}: {error}") from error
+    config = TrainingConfig.from_dict(data)
+    check_recipe(config, str(path))
+    return config
+
+
+def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
+    """Refuse a recipe that cannot train, before any work (one sentence naming the problem)."""
+    if not config.sources:
+        raise PocketSegError(f"{where} names no sources; add its files under 'sources'")
+    ids = [str(source.get("case", "")) for source in config.sources]
+    for source in config.sources:
+        missing = [key for key in ("case", "image") if not source.get(key)]
+        if missing or source.get("use", "train") not in ("train", "synthesis"):
+            raise PocketSegError(
+                f"{where}: source {source} needs 'case', 'image' and 'use' train or synthesis; fix the recipe"
+            )
+        if source.get("use", "train") == "train" and not source.get("label"):
+            raise PocketSegError(f"{where}: training source {source['case']!r} has no 'label'; add it")
+    if len(set(ids)) != len(ids):
+        raise PocketSegError(f"{where}: case ids must be unique, got {ids}")
+    for run, held_out in config.runs.items():
+        unknown = sorted(set(held_out) - set(ids))
+        if unknown:
+            raise PocketSegError(f"{where}: run {run!r} holds out unknown cases {unknown}; known: {ids}")
+    if config.shipped_run and config.shipped_run not in config.runs:
+        raise PocketSegError(
+            f"{where}: shipped_run {config.shipped_run!r} is not one of the runs {list(config.runs)}"
+        )
+    if config.synthesis and config.synthesis.get("kind") not in SYNTHESIS_KINDS:
+        raise PocketSegError(
+            f"{where}: unknown synthesis kind {config.synthesis.get('kind')!r}; known: {sorted(SYNTHESIS_KINDS)}"
+        )
+    for index in range(max(1, len(config.stages))):
+        config.stage(index)  # unknown keys in a stage raise here
+
+
+# --------------------------------------------------------------------------------- data
+
+
+def load_labelled_case(data_root: Path, source: dict[str, Any]) -> tuple[sitk.Image, sitk.Image]:
+    """An image and its 0/1 label (uint8) ON THE IMAGE'S GRID.
+
+    The label is mapped through physical space (nearest neighbour), never array to array: some
+    label files are stored with another axis order or direction than their image. Foreground:
+    ``label == label_value``, or ``label >= 0.5`` without ``label_value``.
+    """
+    image = io.read_image(data_root / source["image"])
+    label = io.read_image(data_root / source["label"])
+    label = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+    if "label_value" in source:
+        mask = sitk.Cast(label == int(source["label_value"]), sitk.sitkUInt8)
+    else:
+        mask = sitk.Cast(sitk.Cast(label, sitk.sitkFloat32) >= 0.5, sitk.sitkUInt8)
+    mask.CopyInformation(image)
+    return image, mask
+
+
+def load_stripped_brain(data_root: Path, source: dict[str, Any]) -> tuple[sitk.Image, sitk.Image]:
+    """A skull-stripped brain (float32) and its 0/1 mask on its grid (no ``label``: brain = non-zero).
+
+    The mask is resampled linearly and cut at 0.5 (some brain masks have fractional voxels).
+    """
+    image = sitk.Cast(io.read_image(data_root / source["image"]), sitk.sitkFloat32)
+    if not source.get("label"):
+        mask = sitk.Cast(image > 0, sitk.sitkUInt8)
+    else:
+        mask = io.read_image(data_root / source["label"])
+        mask = sitk.Resample(mask, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        mask = sitk.Cast(mask >= 0.5, sitk.sitkUInt8)
+    mask.CopyInformation(image)
+    return image, mask
+
+
+def check_sources(config: TrainingConfig, data_root: Path) -> None:
+    """Every file the recipe names exists under ``data_root`` (else one clear error listing them)."""
+    missing = [
+        path
+        for source in config.sources
+        for path in (source.get("image"), source.get("label"))
+        if path and not (data_root / path).exists()
+    ]
+    if missing:
+        raise PocketSegError(
+            f"{len(missing)} file(s) of recipe {config.name!r} are not under the data root {data_root}: "
+            f"{', '.join(missing)}; pass --data-root with the folder that holds them"
+        )
+
+
+def source_files(config: TrainingConfig, held_out: list[str]) -> list[str]:
+    """The files a run trains on (relative to the data root), in the order they are read."""
+    files: list[str] = []
+    for use in ("train", "synthesis"):
+        for source in config.sources:
+            if source.get("use", "train") == use and source["case"] not in held_out:
+                files += [source["image"]] + ([source["label"]] if source.get("label") else [])
+    return files
+
+
+def build_training_volumes(
+    config: TrainingConfig, data_root: Path, held_out: list[str]
+) -> list[TrainingVolume]:
+    """The training volumes of a run on the working grid: the labelled cases not held out, then
+    (with ``synthesis``) ``per_source`` synthetic images of every ``use: synthesis`` source.
+
+    With ``balance: "half"`` the real volumes are repeated so that about half of the patches
+    come from real images (patches are drawn from a uniformly chosen volume).
+    """
+    real = []
+    for source in config.sources:
+        if source.get("use", "train") != "train" or source["case"] in held_out:
+            continue
+        image, mask = load_labelled_case(data_root, source)
+        real.append(
+            prepare_volume(
+                source["case"], image, mask, tuple(config.spacing), config.orientation, config.preprocessing
+            )
+        )
+    if not config.synthesis:
+        return real
+    spec = config.synthesis
+    rng = np.random.default_rng(int(spec.get("seed", 0)))
+    synthetic = []
+    for source in config.sources:
+        if source.get("use", "train") != "synthesis" or source["case"] in held_out:
+            continue
+        brain, mask = load_stripped_brain(data_root, source)
+        for copy in range(int(spec.get("per_source", 1))):
+            head, label = synthesize_head(brain, mask, rng, face_and_neck=int(spec.get("face_and_neck", 0)))
+            synthetic.append(
+                prepare_volume(
+                    f"synth_{source['case']}_{copy}",
+                    head,
+                    label,
+                    tuple(config.spacing),
+                    config.orientation,
+                    config.preprocessing,
+                )
+            )
+    repeat = 1
+    if spec.get("balance") == "half":
+        repeat = max(1, round(len(synthetic) / max(len(real), 1)))
+    return real * repeat + synthetic
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class _StageHooks(TrainerHooks):
+    """A recipe stage around the :class:`Trainer`: progress and cancel, checkpoint, bundle and log
+    after every epoch, and an optional step limit (a shortened run, e.g. to compare trajectories)."""
+
+    def __init__(
+        self,
+        stage_dir: Path,
+        save_model: Callable[[Trainer], None],
+        report: Callable[[int, str], None],
+        label: str,
+        epochs: int,
+        steps_per_epoch: int,
+        stop_after_steps: int | None,
+    ) -> None:
+        self.stage_dir, self.save_model, self.report, self.label = stage_dir, save_model, report, label
+        self.epochs, self.steps_per_epoch, self.stop_after_steps = epochs, steps_per_epoch, stop_after_steps
+
+    def on_step_end(self, trainer: Trainer, epoch: int, step: int, mean_loss: float) -> None:
+        self.report(trainer.step, f"{self.label}, epoch {epoch}/{self.epochs}, loss {mean_loss:.4f}")
+        if self.stop_after_steps is not None and trainer.step >= self.stop_after_steps:
+            raise _StepLimitReached
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        atomic_torch_save(trainer.checkpoint(), self.stage_dir / "last.pt")
+        write_csv(self.stage_dir / "log.csv", trainer.history, LOG_COLUMNS)
+        self.save_model(trainer)
+        logger.info(
+            "%s epoch %d/%d: loss %.4f, lr %.2e, %.0f s",
+            self.label, epoch, self.epochs, metrics["train_loss"], metrics["lr"], metrics["seconds"],
+        )  # fmt: skip
+
+
+class _StepLimitReached(Exception):
+    """Raised by a stage hook once ``stop_after_steps`` steps are done."""
+
+
+def train_recipe(
+    config: TrainingConfig,
+    data_root: str | Path,
+    output_dir: str | Path,
+    runs: list[str] | None = None,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    on_progress: ProgressCallback | None = None,
+    stop_after_steps: int | None = None,
+) -> dict[str, Path]:
+    """Train the recipe's ``runs`` (default: the shipped run) into ``output_dir``; run -> model bundle.
+
+    Args:
+        config: the recipe (:func:`load_recipe`).
+        data_root: the folder the recipe's ``sources`` are relative to.
+        output_dir: new or empty folder (layout in the module docstring), or the one to resume.
+        runs: names from ``config.runs``.
+        device: torch device (the shipped models were trained on the CPU).
+        resume: continue the runs stored in ``output_dir`` (finished stages are kept; a stage in
+            progress continues from its ``last.pt`` exactly, random streams included).
+        on_progress: ``(fraction, message)``, called after every step; ``False`` cancels.
+        stop_after_steps: stop every stage after this many steps, saving its weights in
+            ``<run>/<stage>/stopped.pt`` (for comparing trajectories; the run is not finished).
+
+    Raises:
+        PocketSegError: bad recipe, missing files, an output folder holding another run.
+        Cancelled: ``on_progress`` returned ``False``.
+    """
+    data_root, output_dir = Path(data_root), Path(output_dir)
+    check_recipe(config, config.name)
+    runs = list(runs or [config.shipped_run or next(iter(config.runs), "")])
+    unknown = [run for run in runs if run not in config.runs]
+    if unknown:
+        raise PocketSegError(
+            f"recipe {config.name!r} has no run {unknown}; its runs: {', '.join(config.runs)}"
+        )
+    check_sources(config, data_root)
+    _prepare_output(config, output_dir, resume)
+    device = torch.device(device)
+    stages = [config.stage(index) for index in range(max(1, len(config.stages)))]
+    names = config.stage_names()
+    total = len(runs) * sum(stage.epochs * stage.steps_per_epoch for stage in stages)
+    done_before = 0
+
+    def progress(done: int, message: str) -> None:
+        if on_progress is not None and on_progress(min(1.0, (done_before + done) / total), message) is False:
+            raise Cancelled("training cancelled by the user; the output folder is kept and can be resumed")
+
+    models: dict[str, Path] = {}
+    for run in runs:
+        run_dir = output_dir / run
+        atomic_write_text(run_dir / "recipe.json", json.dumps(config.to_dict(), indent=2))
+        state: dict[str, torch.Tensor] | None = None
+        record: dict[str, Any] | None = None
+        for name, stage in zip(names, stages, strict=True):
+            stage_dir = run_dir / name
+            finished = _read_json(stage_dir / "state.json").get("status") == "done"
+            if finished and stop_after_steps is None:
+                bundle = load_bundle(stage_dir / "bundle")
+                state, record = dict(bundle.state_dict), bundle.config.training
+                logger.info("%s/%s %s already finished; kept", config.name, run, name)
+            else:
+                state, record = train_stage(
+                    config, stage, name, run, data_root, stage_dir, device, state, record, progress,
+                    stop_after_steps,
+                )  # fmt: skip
+                if state is None:  # stopped after stop_after_steps
+                    break
+            done_before += stage.epochs * stage.steps_per_epoch
+        if state is None:
+            continue
+        models[run] = save_bundle(run_dir / "model", config.bundle_config(config.name, record), state)
+        logger.info("%s/%s: model bundle %s", config.name, run, models[run])
+    return models
+
+
+def train_stage(
+    config: TrainingConfig,
+    stage: TrainingConfig,
+    name: str,
+    run: str,
+    data_root: Path,
+    stage_dir: Path,
+    device: torch.device,
+    previous_state: dict[str, torch.Tensor] | None,
+    previous_record: dict[str, Any] | None,
+    progress: Callable[[int, str], None],
+    stop_after_steps: int | None,
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """Train one stage; returns (weights, training record), or (None, {}) when stopped early."""
+    from pocketseg_core.networks import create_network
+
+    started = time.perf_counter()
+    held_out = list(config.runs[run])
+    label = f"{config.name}/{run}/{name}"
+    torch.manual_seed(config.seed)
+    volumes = build_training_volumes(stage, data_root, held_out)
+    logger.info("%s: %d training volumes, held out %s", label, len(volumes), held_out or "none")
+    network = create_network(stage.network, **stage.network_arguments()).to(device)
+    if previous_state is not None:  # warm start: new optimiser, new learning-rate cycle
+        network.load_state_dict(previous_state)
+    divisor = tuple(int(d) for d in getattr(network, "spatial_divisor", (1, 1, 1)))
+    if stage.window_mode == "slice2d":
+        divisor = (1, *divisor[-2:])
+    total_steps = stage.epochs * stage.steps_per_epoch
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    files = source_files(stage, held_out)
+    stage_info = {
+        "recipe": config.name,
+        "run": run,
+        "stage": name,
+        "held_out": held_out,
+        "files": files,
+        "synthesis": stage.synthesis,
+        "seed": stage.seed,
+        "epochs": stage.epochs,
+        "steps_per_epoch": stage.steps_per_epoch,
+        "batch_size": stage.batch_size,
+        "patch_zyx": list(stage.patch_size_zyx),
+        "optimizer": stage.optimizer,
+        "scheduler": stage.scheduler,
+        "loss": stage.loss,
+        "augmentation": stage.augmentation,
+        "continued_from": previous_record,
+    }
+
+    def record(trainer: Trainer) -> dict[str, Any]:
+        history = [
+            {"epoch": h["epoch"], "loss": float(h["train_loss"]), "seconds": round(h["seconds"], 1)}
+            for h in trainer.history
+        ]
+        return {
+            **stage_info,
+            "epochs_done": trainer.epoch,
+            "history": history,
+            "seconds": round(time.perf_counter() - started, 1),
+            "machine": machine_description(device),
+        }
+
+    def save_model(trainer: Trainer) -> None:
+        save_bundle(
+            stage_dir / "bundle", stage.bundle_config(config.name, record(trainer)), trainer.model_state()
+        )
+
+    hooks = _StageHooks(
+        stage_dir, save_model, progress, label, stage.epochs, stage.steps_per_epoch, stop_after_steps
+    )
+    trainer = Trainer(
+        network,
+        volumes,
+        patch_zyx=round_up_to_divisor(tuple(stage.patch_size_zyx), divisor),
+        batch_size=stage.batch_size,
+        foreground_fraction=stage.foreground_fraction,
+        slices_2d=stage.window_mode == "slice2d",
+        loss=stage.loss,
+        optimizer=stage.optimizer,
+        scheduler=stage.scheduler,
+        augmentation=stage.augmentation,
+        total_steps=total_steps,
+        seed=stage.seed,
+        device=device,
+        amp=stage.amp,
+        hooks=hooks,
+        name=label,
+    )
+    if (stage_dir / "last.pt").is_file():
+        trainer.restore(load_checkpoint(stage_dir / "last.pt"))
+        logger.info("%s: resuming after epoch %d", label, trainer.epoch)
+    try:
+        trainer.fit(stage.epochs, stage.steps_per_epoch)
+    except _StepLimitReached:
+        atomic_torch_save(trainer.model_state(), stage_dir / "stopped.pt")
+        logger.info("%s: stopped after %d steps (stopped.pt)", label, trainer.step)
+        return None, {}
+    final = record(trainer)
+    atomic_write_text(
+        stage_dir / "state.json",
+        json.dumps({"status": "done", "epochs": trainer.epoch, "steps": trainer.step}),
+    )
+    return trainer.model_state(), final
+
+
+def _prepare_output(config: TrainingConfig, output_dir: Path, resume: bool) -> None:
+    if output_dir.exists() and any(p for p in output_dir.iterdir() if not p.name.startswith(".")):
+        if not resume:
+            raise PocketSegError(
+                f"output folder {output_dir} is not empty; choose a new folder, or pass --resume to continue it"
+            )
+        for stored in output_dir.glob("*/recipe.json"):
+            if _read_json(stored) != json.loads(json.dumps(config.to_dict())):
+                raise PocketSegError(
+                    f"cannot resume {stored.parent}: it was trained with another recipe; "
+                    f"resume with the same recipe, or choose a new --output folder"
+                )
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def read_log(stage_dir: Path) -> list[dict[str, str]]:
+    """A stage's ``log.csv`` rows."""
+    with open(stage_dir / "log.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

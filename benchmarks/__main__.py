@@ -1,6 +1,6 @@
 """``python -m benchmarks COMMAND``: the benchmark harness's command line.
 
-Commands: ``speed`` (see :mod:`benchmarks.cli`). Errors of the input are printed as one sentence.
+Commands: ``speed`` (see :mod:`benchmarks.cli`), ``accuracy`` (see :mod:`benchmarks.accuracy`). Errors of the input are printed as one sentence.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import cli
+from benchmarks import accuracy, cli
 from pocketseg_core.errors import PocketSegError
 
 
@@ -16,12 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     cli.add_parser(subparsers)
+    accuracy.add_parser(subparsers)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
-        return cli.run(args)
+        return accuracy.run(args) if args.command == "accuracy" else cli.run(args)
     except PocketSegError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -39,11 +39,9 @@ from pocketseg_core import geometry, io
 from pocketseg_core.bundles import ModelBundle
 from pocketseg_core.errors import Cancelled, InputImageError, PocketSegError
 from pocketseg_core.postprocessing import (
+    apply_postprocessing,
     array_box,
-    cut_thin_bridges,
     fill_holes,
-    fill_holes_in_slices,
-    keep_largest_component,
     nonzero_extent,
 )
 from pocketseg_core.preprocessing import WorkingGrid, modality_warning, to_working_grid
@@ -546,15 +544,9 @@ def segment_image(
 
     tick = time.perf_counter()
     mask, probability_image = _to_input_grid(probabilities, grid, image, config, options)
-    if options.keep_largest_component:
-        bridge_radius = config.postprocessing.get("cut_bridges_mm")
-        if bridge_radius:
-            mask = cut_thin_bridges(mask, float(bridge_radius))
-        mask = keep_largest_component(mask)
-    model_fill = config.postprocessing.get("fill_holes") if options.keep_largest_component else None
-    if model_fill == "slices":
-        mask = fill_holes_in_slices(mask)
-    if options.fill_holes or model_fill == "3d":
+    if options.keep_largest_component:  # the bundle's clean-up (bridges, largest component, holes...)
+        mask = apply_postprocessing(mask, config.postprocessing)
+    if options.fill_holes:
         mask = fill_holes(mask)
     mask.CopyInformation(image)
     timings["postprocess"] = time.perf_counter() - tick

@@ -8,7 +8,8 @@ of each structure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -188,3 +189,21 @@ def cut_thin_bridges(mask: sitk.Image, radius_mm: float) -> sitk.Image:
     result = sitk.GetImageFromArray(output)
     result.CopyInformation(mask)
     return result
+
+
+def apply_postprocessing(mask: sitk.Image, postprocessing: Mapping[str, Any]) -> sitk.Image:
+    """A bundle's mask clean-up (its ``postprocessing`` object) on a raw thresholded ``mask``.
+
+    In order: bridge cutting (``cut_bridges_mm``), the largest component of each label, hole
+    filling (``fill_holes``: ``"slices"`` or ``"3d"``). Returns a ``uint8`` image on ``mask``'s grid.
+    """
+    radius = postprocessing.get("cut_bridges_mm")
+    if radius:
+        mask = cut_thin_bridges(mask, float(radius))
+    mask = keep_largest_component(mask)
+    fill = postprocessing.get("fill_holes")
+    if fill == "slices":
+        mask = fill_holes_in_slices(mask)
+    elif fill == "3d":
+        mask = fill_holes(mask)
+    return mask

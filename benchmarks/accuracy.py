@@ -40,7 +40,7 @@ import SimpleITK as sitk
 from pocketseg_core.errors import PocketSegError
 from pocketseg_core.io import read_image, write_bytes_atomic, write_image, write_text_atomic
 from pocketseg_core.metrics import compute_metrics
-from pocketseg_core.postprocessing import apply_postprocessing, fill_holes
+from pocketseg_core.postprocessing import apply_postprocessing, fill_holes, superior_axis
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -118,6 +118,7 @@ class CaseResult:
     note: str
     volumes_ml: dict[str, float] = field(default_factory=dict)
     holes_ml: dict[str, float] = field(default_factory=dict)
+    below_consensus_ml: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float | None] = field(default_factory=dict)
     against_reference: dict[str, dict[str, float]] = field(default_factory=dict)
     against_consensus: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -139,6 +140,28 @@ def enclosed_holes_ml(mask: sitk.Image) -> float:
     """Volume (ml) of the background enclosed by ``mask`` in 3D (what a 3D hole filling adds)."""
     binary = sitk.Cast(mask > 0, sitk.sitkUInt8)
     return volume_ml(fill_holes(binary)) - volume_ml(binary)
+
+
+def below_ml(mask: sitk.Image, floor: sitk.Image) -> float:
+    """Volume (ml) of ``mask`` below the lowest axial section of ``floor`` (same grid): a brain
+    mask's leak under the skull base, against the peers' consensus or the reference."""
+    axis = superior_axis(floor)
+    direction = np.asarray(floor.GetDirection(), dtype=float).reshape(3, 3)
+    upward = direction[2, 2 - axis] > 0  # array index grows toward the head
+    other = tuple(a for a in range(3) if a != axis)
+    sections = sitk.GetArrayViewFromImage(floor).any(axis=other)
+    if not sections.any():
+        return 0.0
+    indices = np.flatnonzero(sections)
+    below = np.zeros(sections.shape, dtype=bool)
+    if upward:
+        below[: indices[0]] = True
+    else:
+        below[indices[-1] + 1 :] = True
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    count = int(np.count_nonzero((sitk.GetArrayViewFromImage(mask) > 0) & below.reshape(shape)))
+    return count * float(np.prod(mask.GetSpacing())) / 1000.0
 
 
 def consensus(masks: Sequence[sitk.Image]) -> sitk.Image:
@@ -186,6 +209,7 @@ def measure_case(
             result.against_reference[key] = _rounded(compare(reference, tool_mask.mask))
         if agreed is not None:
             result.against_consensus[key] = _rounded(compare(agreed, tool_mask.mask))
+            result.below_consensus_ml[key] = round(below_ml(tool_mask.mask, agreed), 2)
     if reference is not None:
         result.volumes_ml["reference"] = round(volume_ml(reference), 2)
         if agreed is not None:
@@ -244,7 +268,7 @@ def markdown_tables(results: Sequence[CaseResult], tools: Sequence[str], names: 
         lines.append(f"| {result.head} | {result.consensus_volume_ml:.0f} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "### Every head: enclosed holes (ml) and whole-process time (s)",
+        "### Every head: enclosed holes (ml) / ml below the consensus's lowest section / whole-process time (s)",
         "",
         "| head | " + " | ".join(names.get(t, t) for t in tools) + " |",
         "|---|" + "---|" * len(tools),
@@ -256,7 +280,13 @@ def markdown_tables(results: Sequence[CaseResult], tools: Sequence[str], names: 
                 cells.append("-")
                 continue
             seconds = result.seconds.get(tool)
-            cells.append(f"{result.holes_ml[tool]:.1f} / " + ("-" if seconds is None else f"{seconds:.1f}"))
+            below = result.below_consensus_ml.get(tool)
+            cells.append(
+                f"{result.holes_ml[tool]:.1f} / "
+                + ("-" if below is None else f"{below:.1f}")
+                + " / "
+                + ("-" if seconds is None else f"{seconds:.1f}")
+            )
         lines.append(f"| {result.head} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -406,13 +436,15 @@ def save_contours_png(
                 axis.contour(
                     plane.astype(np.uint8), levels=[0.5], colors=[colours.get(key, (1, 1, 1))], linewidths=0.8
                 )
-        axis.set_title(name)
+        axis.set_title(name, color="white")
         axis.axis("off")
     handles = [
         plt.Line2D([], [], color=colours.get(key, (1, 1, 1)), label=names.get(key, key)) for key in arrays
     ]
-    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    figure.suptitle(title)
+    figure.legend(
+        handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False, labelcolor="white"
+    )
+    figure.suptitle(title, color="white")
     figure.tight_layout(rect=(0, 0.06, 1, 1))
     picture = io.BytesIO()
     figure.savefig(picture, format="png", dpi=80, facecolor="black")

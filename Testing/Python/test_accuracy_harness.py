@@ -11,6 +11,7 @@ from benchmarks.accuracy import (
     Head,
     ToolMask,
     _mask_on_grid,
+    below_ml,
     consensus,
     enclosed_holes_ml,
     markdown_tables,
@@ -116,3 +117,20 @@ def test_contour_picture_is_a_png(tmp_path):
     masks = {"pocketseg": ball((10, 12, 14), 6.0), "deepbet": ball((10, 12, 15), 6.0)}
     path = save_contours_png(image, masks, tmp_path / "case.png", "phantom", {"pocketseg": "PocketSeg"})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_below_ml_counts_the_mask_under_the_floor_masks_lowest_section(flip):
+    floor = np.zeros((10, 6, 6), dtype=np.uint8)
+    floor[4:9, 1:5, 1:5] = 1  # lowest section at z = 4 (index 0 at the feet)
+    mask = floor.copy()
+    mask[1:4, 2:4, 2:4] = 1  # 3 x 2 x 2 voxels below it: a leak
+    images = []
+    for array in (mask, floor):
+        image = sitk.GetImageFromArray(array[::-1].copy() if flip else array)
+        image.SetSpacing((1.0, 2.0, 3.0))
+        if flip:
+            image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))
+        images.append(image)
+    assert below_ml(images[0], images[1]) == pytest.approx(12 * 6.0 / 1000.0)
+    assert below_ml(images[1], images[1]) == 0.0

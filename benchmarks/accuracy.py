@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from pocketseg_core.bundles import read_config, resolve_bundle
 from pocketseg_core.errors import PocketSegError
 from pocketseg_core.io import read_image, write_bytes_atomic, write_image, write_text_atomic
 from pocketseg_core.metrics import compute_metrics
@@ -333,15 +334,32 @@ def _environment(threads: int) -> dict[str, str]:
 
 
 def run_peer(
-    tool: str, head: Head, image: sitk.Image, peers_python: str, cache: Path, threads: int, log: Any
+    tool: str,
+    head: Head,
+    image: sitk.Image,
+    peers_python: str,
+    cache: Path,
+    threads: int,
+    log: Any,
+    wait_seconds: float = 0.0,
 ) -> ToolMask | None:
-    """One peer's mask of ``head`` (from the cache, or by running it as a whole process and timing it)."""
+    """One peer's mask of ``head``: from the cache, or by running it as a whole process and timing
+    it; with ``wait_seconds`` > 0, by waiting that long for another process to cache it instead
+    (None when it does not come)."""
     folder = cache / head.name
     folder.mkdir(parents=True, exist_ok=True)
     standard_path = folder / "input_standard.nii.gz"
     _standard_input(image, standard_path)
     mask_path = folder / f"{tool}_mask.nii.gz"
     timing_path = folder / f"{tool}_seconds.json"
+    deadline = time.monotonic() + wait_seconds
+    while wait_seconds > 0 and not timing_path.exists() and time.monotonic() < deadline:
+        time.sleep(5.0)
+    if wait_seconds > 0 and not timing_path.exists():
+        print(
+            f"  {head.name}: no cached {tool} mask after {wait_seconds:.0f} s, left out", file=log, flush=True
+        )
+        return None
     if not (mask_path.exists() and timing_path.exists()):
         command = [peers_python, str(REPOSITORY / "benchmarks" / "peer_driver.py"), tool]
         command += [str(standard_path), str(mask_path)]
@@ -449,6 +467,7 @@ def save_contours_png(
     picture = io.BytesIO()
     figure.savefig(picture, format="png", dpi=80, facecolor="black")
     plt.close(figure)
+    path.parent.mkdir(parents=True, exist_ok=True)
     return write_bytes_atomic(path, picture.getvalue())
 
 
@@ -466,7 +485,7 @@ class AccuracySettings:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     heads: tuple[str, ...] = ()
     threads: int = 2
-    docs: Path | None = None
+    wait_for_cache: float = 0.0
 
 
 def _machine() -> dict[str, Any]:
@@ -483,7 +502,12 @@ def run_accuracy(settings: AccuracySettings, log: Any = sys.stderr) -> dict[str,
     unknown = set(settings.heads) - {h.name for h in HEADS}
     if unknown:
         raise PocketSegError(f"unknown heads {sorted(unknown)}; known: {[h.name for h in HEADS]}")
-    names = {"pocketseg": "PocketSeg", "reference": "reference", **{key: name for key, name, _ in PEERS}}
+    version = read_config(resolve_bundle(settings.model)).version
+    names = {
+        "pocketseg": f"PocketSeg {version}",
+        "reference": "reference",
+        **{key: name for key, name, _ in PEERS},
+    }
     names.update({f"pocketseg:{v}": f"PocketSeg {v}" for v in settings.variants})
     tools = ["pocketseg", *[f"pocketseg:{v}" for v in settings.variants]]
     if settings.peers_python:
@@ -552,7 +576,11 @@ def run_accuracy(settings: AccuracySettings, log: Any = sys.stderr) -> dict[str,
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     write_text_atomic(settings.output / f"accuracy_{stamp}.json", json.dumps(report, indent=2) + "\n")
     tables = markdown_tables(results, tools, names)
-    write_text_atomic(settings.output / f"accuracy_{stamp}.md", tables)
+    header = (
+        f"Run {report['date']} on {report['machine']['platform']} ({report['machine']['cpu_count']} CPUs), "
+        f"model {settings.model} ({names['pocketseg']}); every tool a whole process, {settings.threads} threads.\n\n"
+    )
+    write_text_atomic(settings.output / f"accuracy_{stamp}.md", header + tables)
     print(tables, file=log, flush=True)
     return report
 
@@ -589,6 +617,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--heads", nargs="+", default=[], help=f"only these heads ({[h.name for h in HEADS]})"
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every tool (default 2)")
+    parser.add_argument(
+        "--wait-for-cache",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="do not run a missing peer: wait up to S seconds for another process to cache its mask",
+    )
     parser.set_defaults(command="accuracy")
     return parser
 
@@ -617,6 +652,7 @@ def run(args: argparse.Namespace) -> int:
         variants=variants,
         heads=tuple(args.heads),
         threads=args.threads,
+        wait_for_cache=args.wait_for_cache,
     )
     run_accuracy(settings)
     return 0

@@ -488,6 +488,26 @@ class AccuracySettings:
     wait_for_cache: float = 0.0
 
 
+def _raw_mask(settings: AccuracySettings, head: Head, image_path: Path, image: sitk.Image) -> ToolMask:
+    """PocketSeg's raw mask (network + threshold, no clean-up) of one head, kept in the output's
+    masks folder with the sha256 of the weights that made it: reused while the weights are the same
+    (the variants are clean-ups of it, so only the weights matter)."""
+    path = settings.output / "masks" / f"{head.name}_pocketseg_raw.nii.gz"
+    stamp = path.with_suffix("").with_suffix(".json")
+    weights = read_config(resolve_bundle(settings.model)).weights_sha256
+    if (
+        path.exists()
+        and stamp.exists()
+        and json.loads(stamp.read_text(encoding="utf-8")).get("weights") == weights
+    ):
+        mask = sitk.Cast(sitk.ReadImage(str(path)) > 0, sitk.sitkUInt8)
+        mask.CopyInformation(image)
+        return ToolMask("pocketseg:raw", mask, None)
+    raw = run_pocketseg(settings.model, image_path, image, path, settings.threads, ["--all-components"])
+    write_text_atomic(stamp, json.dumps({"weights": weights}) + "\n")
+    return raw
+
+
 def _machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
 
@@ -534,14 +554,7 @@ def run_accuracy(settings: AccuracySettings, log: Any = sys.stderr) -> dict[str,
             settings.threads,
         )
         if settings.variants:
-            raw = run_pocketseg(
-                settings.model,
-                image_path,
-                image,
-                settings.output / "masks" / f"{head.name}_pocketseg_raw.nii.gz",
-                settings.threads,
-                ["--all-components"],
-            )
+            raw = _raw_mask(settings, head, image_path, image)
             for variant, postprocessing in settings.variants.items():
                 cleaned = apply_postprocessing(raw.mask, postprocessing)
                 cleaned.CopyInformation(image)

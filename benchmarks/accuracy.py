@@ -573,7 +573,14 @@ def run_accuracy(settings: AccuracySettings, log: Any = sys.stderr) -> dict[str,
         if settings.peers_python:
             for key, _, _ in PEERS:
                 peer = run_peer(
-                    key, head, image, settings.peers_python, settings.cache, settings.threads, log
+                    key,
+                    head,
+                    image,
+                    settings.peers_python,
+                    settings.cache,
+                    settings.threads,
+                    log,
+                    settings.wait_for_cache,
                 )
                 if peer is not None:
                     masks[key] = peer

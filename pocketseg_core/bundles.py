@@ -47,7 +47,7 @@ MAX_WEIGHTS_BYTES = 2**31
 MODALITIES = ("MR", "CT")
 WINDOW_MODES = ("patch3d", "slab", "slice2d")
 PREPROCESSING_KINDS = ("mr_zscore", "ct_window")
-POSTPROCESSING_KEYS = frozenset({"cut_bridges_mm", "fill_holes"})
+POSTPROCESSING_KEYS = frozenset({"cut_bridges_mm", "fill_holes", "cut_below_waist"})
 FILL_HOLES_MODES = ("3d", "slices")
 
 
@@ -118,7 +118,9 @@ class BundleConfig:
     #: mask clean-up beyond the largest component, chosen per model on validation data:
     #: ``{"cut_bridges_mm": r}`` detaches blobs hanging on by bridges thinner than 2 r mm
     #: (:func:`pocketseg_core.postprocessing.cut_thin_bridges`); ``{"fill_holes": "slices"}``
-    #: fills holes in every axial slice (``"3d"``: in 3D), as the reference labels are drawn
+    #: fills holes in every axial slice (``"3d"``: in 3D), as the reference labels are drawn;
+    #: ``{"cut_below_waist": true}`` drops a brain mask's leak through the foramen magnum into the
+    #: neck (:func:`pocketseg_core.postprocessing.cut_below_waist`)
     postprocessing: dict[str, Any] = field(default_factory=dict)
     orientation: str = "LPS"
     title: str = ""
@@ -204,6 +206,9 @@ class BundleConfig:
             raise BundleError(
                 f"{where}: postprocessing.fill_holes must be one of {FILL_HOLES_MODES}, got {fill!r}"
             )
+        waist = self.postprocessing.get("cut_below_waist")
+        if waist is not None and not isinstance(waist, bool):
+            raise BundleError(f"{where}: postprocessing.cut_below_waist must be true or false, got {waist!r}")
         if self.orientation not in ("LPS", "RAS"):
             raise BundleError(f"{where}: orientation must be 'LPS' or 'RAS', got {self.orientation!r}")
 

@@ -8,7 +8,8 @@ of each structure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -193,3 +194,82 @@ def cut_thin_bridges(mask: sitk.Image, radius_mm: float) -> sitk.Image:
     result = sitk.GetImageFromArray(output)
     result.CopyInformation(mask)
     return result
+
+
+def cut_below_waist(
+    mask: sitk.Image, narrowing: float = 0.25, widening: float = 2.0, min_widening_mm2: float = 200.0
+) -> sitk.Image:
+    """Cut a label below its narrowest axial section when it widens again underneath (a brain mask
+    leaking through the foramen magnum into the neck).
+
+    Along the head-foot axis (:func:`superior_axis`), the axial section area of a brain mask
+    grows from the vertex to its largest section and shrinks down to the medulla, which leaves
+    the skull through the foramen magnum: below its largest section it never widens again. A
+    leak into the neck does: the section shrinks to the medulla's, then grows into the neck's
+    soft tissue. So, going down from the largest section, the narrowest section found so far is
+    followed; when a later section is ``widening`` times wider than it while it is under
+    ``narrowing`` times the largest section (a waist, not the temporal lobes' or the cerebellum's
+    own shrinking) and at least ``min_widening_mm2`` wider (not the voxel noise of a thin tail),
+    every voxel below the waist is dropped. A mask with no waist is unchanged.
+    Which end is up comes from the direction matrix. Returns a ``uint8`` image on ``mask``'s grid.
+    """
+    mask = sitk.Cast(mask, sitk.sitkUInt8)
+    output = sitk.GetArrayFromImage(mask)
+    axis = superior_axis(mask)
+    direction = np.asarray(mask.GetDirection(), dtype=float).reshape(3, 3)
+    # +1 when the array index grows toward the head (LPS z grows superior)
+    upward = 1 if direction[2, 2 - axis] > 0 else -1
+    for value in _labels_of(mask):
+        voxel_mm2 = float(np.prod(mask.GetSpacing())) / mask.GetSpacing()[2 - axis]
+        sections = (
+            np.moveaxis(output == value, axis, 0).reshape(output.shape[axis], -1).sum(axis=1) * voxel_mm2
+        )
+        top = int(np.argmax(sections))
+        # the section indices from the largest one toward the feet
+        down = np.arange(top, -1, -1) if upward > 0 else np.arange(top, len(sections))
+        waist, narrowest = top, sections[top]
+        cut = None
+        for index in down[1:]:
+            area = sections[index]
+            if area <= narrowest:  # ties move the waist down: keep the medulla to its end
+                waist, narrowest = int(index), area
+            elif narrowest < narrowing * sections[top] and area > max(
+                widening * narrowest, narrowest + min_widening_mm2
+            ):
+                cut = waist
+                break
+        if cut is None:
+            continue
+        below = np.zeros(output.shape[axis], dtype=bool)
+        if upward > 0:
+            below[:cut] = True
+        else:
+            below[cut + 1 :] = True
+        shape = [1, 1, 1]
+        shape[axis] = -1
+        dropped = (output == value) & below.reshape(shape)
+        output[dropped] = 0
+    result = sitk.GetImageFromArray(output)
+    result.CopyInformation(mask)
+    return result
+
+
+def apply_postprocessing(mask: sitk.Image, postprocessing: Mapping[str, Any]) -> sitk.Image:
+    """A bundle's mask clean-up (its ``postprocessing`` object) on a raw thresholded ``mask``.
+
+    In order: bridge cutting (``cut_bridges_mm``), the largest component of each label, the cut
+    below a waist (``cut_below_waist``, then the largest component again), hole filling
+    (``fill_holes``: ``"slices"`` or ``"3d"``). Returns a ``uint8`` image on ``mask``'s grid.
+    """
+    radius = postprocessing.get("cut_bridges_mm")
+    if radius:
+        mask = cut_thin_bridges(mask, float(radius))
+    mask = keep_largest_component(mask)
+    if postprocessing.get("cut_below_waist"):  # on the kept body only: stray blobs are no waist
+        mask = keep_largest_component(cut_below_waist(mask))
+    fill = postprocessing.get("fill_holes")
+    if fill == "slices":
+        mask = fill_holes_in_slices(mask)
+    elif fill == "3d":
+        mask = fill_holes(mask)
+    return mask

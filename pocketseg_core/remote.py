@@ -45,6 +45,7 @@ REMOTE_OPTIONS: tuple[str, ...] = (
     "overlap",
     "cut_thin_bridges",
     "keep_largest_component",
+    "bundle_fill_holes",
     "fill_holes",
 )
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"

@@ -161,6 +161,7 @@ def test_weights_of_another_network_are_a_bundle_error(bundle_path):
         ({"postprocessing": {"cut_bridges_mm": -2}}, "cut_bridges_mm must be a positive number"),
         ({"postprocessing": {"opening": 2}}, r"unknown postprocessing keys \['opening'\]"),
         ({"postprocessing": {"fill_holes": "2d"}}, "fill_holes must be one of"),
+        ({"postprocessing": {"cut_below_waist": "yes"}}, "cut_below_waist must be true or false"),
     ],
 )
 def test_invalid_config_names_the_field(change, message):

@@ -317,6 +317,25 @@ def test_each_clean_up_option_switches_exactly_its_own_step():
     assert not cleaned(bundle_fill_holes=False, fill_holes=True)[tunnel].any()
 
 
+def test_the_bundle_clean_up_of_the_raw_mask_is_the_segmented_mask(brain_bundle):
+    # what benchmarks/accuracy.py --pocketseg-from-raw relies on: inference = raw mask, then
+    # apply_postprocessing with the bundle's object (every step switched on here)
+    from pocketseg_core.postprocessing import apply_postprocessing
+
+    image, _ = make_phantom("MR", size=(40, 44, 36), spacing=(4.0, 4.0, 4.0), seed=3)
+    steps = {"cut_bridges_mm": 6.0, "cut_below_waist": True, "fill_holes": "3d"}
+    bundle = ModelBundle(
+        dataclasses.replace(brain_bundle.config, postprocessing=steps),
+        brain_bundle.state_dict,
+        brain_bundle.path,
+    )
+    segmented = segment_image(image, bundle).mask
+    raw = segment_image(image, bundle, InferenceOptions.without_clean_up()).mask
+    cleaned = apply_postprocessing(raw, steps)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(cleaned), sitk.GetArrayFromImage(segmented))
+    assert np.count_nonzero(sitk.GetArrayFromImage(segmented)) > 1000
+
+
 def test_flipped_and_permuted_copy_gives_the_same_mask_exactly(brain_bundle):
     # On the working spacing, a permuted/flipped copy reaches the network as the same array.
     image, _ = make_phantom(

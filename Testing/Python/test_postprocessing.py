@@ -8,6 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from pocketseg_core.postprocessing import (
+    apply_postprocessing,
+    cut_below_waist,
     cut_thin_bridges,
     fill_holes,
     fill_holes_in_slices,
@@ -161,7 +163,69 @@ def test_clean_up_of_an_empty_mask_is_empty_on_the_same_grid():
     # a model that finds nothing must give an empty mask, not an error
     empty = sitk.GetImageFromArray(np.zeros((10, 20, 20), dtype=np.uint8))
     empty.SetSpacing((0.8, 0.8, 2.0))
-    for clean_up in (keep_largest_component, fill_holes_in_slices, lambda m: cut_thin_bridges(m, 3.0)):
+    for clean_up in (
+        keep_largest_component,
+        fill_holes_in_slices,
+        lambda m: cut_thin_bridges(m, 3.0),
+        cut_below_waist,
+    ):
         result = clean_up(empty)
         assert result.GetSize() == empty.GetSize() and result.GetSpacing() == empty.GetSpacing()
         assert not sitk.GetArrayFromImage(result).any()
+
+
+def head_with_neck_leak(neck: bool) -> np.ndarray:
+    """A brain-like mask (z = head-foot, index 0 at the feet, 2 mm voxels): an ellipsoid 'brain'
+    with a 'ventricle' cavity, a thin 'medulla' going down from it, and (``neck``) a wide 'neck'
+    blob hanging below the medulla."""
+    z, y, x = np.ogrid[:60, :40, :40]
+    mask = ((z - 40) / 16.0) ** 2 + ((y - 20) / 16.0) ** 2 + ((x - 20) / 14.0) ** 2 <= 1.0
+    mask &= ~(((z - 42) / 4.0) ** 2 + ((y - 20) / 3.0) ** 2 + ((x - 20) / 3.0) ** 2 <= 1.0)  # ventricle
+    mask |= (z >= 14) & (z < 26) & ((y - 20) ** 2 + (x - 20) ** 2 <= 4)  # medulla, ~0.5 cm2
+    if neck:
+        mask |= (z >= 2) & (z < 16) & ((y - 20) ** 2 + (x - 20) ** 2 <= 64)  # neck, ~8 cm2
+    return mask.astype(np.uint8)
+
+
+@pytest.mark.parametrize("flipped", [False, True])
+def test_cut_below_waist_drops_a_leak_into_the_neck_and_keeps_the_brain(flipped):
+    leaking, clean = head_with_neck_leak(True), head_with_neck_leak(False)
+    if flipped:  # index 0 at the head: the direction matrix says which end is up
+        leaking, clean = leaking[::-1].copy(), clean[::-1].copy()
+    image = sitk.GetImageFromArray(leaking)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    if flipped:
+        image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))
+    cut = sitk.GetArrayFromImage(cut_below_waist(image))
+    cut_at = 16 if not flipped else 60 - 1 - 16  # the waist: the medulla's lowest slice above the neck
+    expected = leaking.copy()
+    if flipped:
+        expected[cut_at + 1 :] = 0
+    else:
+        expected[:cut_at] = 0
+    assert np.array_equal(cut, expected)
+    # the whole brain and the medulla down to the waist are kept; the neck is gone
+    kept_brain = clean.copy()
+    if flipped:
+        kept_brain[cut_at + 1 :] = 0
+    else:
+        kept_brain[:cut_at] = 0
+    assert np.array_equal(cut & ~kept_brain.astype(bool), np.zeros_like(cut))
+    assert cut.sum() >= clean.sum() - 5 * 13  # at most the medulla's slices below the waist lost
+
+
+def test_cut_below_waist_leaves_a_mask_without_a_waist_alone():
+    image = sitk.GetImageFromArray(head_with_neck_leak(False))
+    image.SetSpacing((2.0, 2.0, 2.0))
+    assert np.array_equal(sitk.GetArrayFromImage(cut_below_waist(image)), head_with_neck_leak(False))
+
+
+def test_apply_postprocessing_runs_the_bundle_steps_in_order():
+    image = sitk.GetImageFromArray(head_with_neck_leak(True))
+    image.SetSpacing((2.0, 2.0, 2.0))
+    plain = sitk.GetArrayFromImage(apply_postprocessing(image, {}))
+    assert np.array_equal(plain, head_with_neck_leak(True))  # one component, holes kept
+    full = sitk.GetArrayFromImage(apply_postprocessing(image, {"cut_below_waist": True, "fill_holes": "3d"}))
+    assert not full[:16].any() and full[16:26].any()  # the neck is cut, the medulla kept
+    assert full[42, 20, 20] == 1  # the ventricle is filled
+    assert full[30:58].sum() > plain[30:58].sum()

@@ -73,6 +73,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="keep every connected component (default: the largest, after the model's bridge cutting if any; "
         "the model's hole filling runs either way)",
     )
+    parser.add_argument(
+        "--no-clean-up",
+        action="store_true",
+        help="the raw thresholded network output: no bridge cutting, largest component or hole filling",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.add_argument(
         "--server",
@@ -118,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         batch_size=args.batch_size,
         precision=args.precision,
-        cut_thin_bridges=not args.all_components,
-        keep_largest_component=not args.all_components,
+        cut_thin_bridges=not (args.all_components or args.no_clean_up),
+        keep_largest_component=not (args.all_components or args.no_clean_up),
+        bundle_fill_holes=not args.no_clean_up,
         fill_holes=args.fill_holes,
         return_probabilities=any(job.probabilities for job in jobs),
     )

@@ -40,8 +40,9 @@ def run_remote(args: argparse.Namespace, jobs: list) -> int:
         "fast": bool(args.fast),
         "tta": bool(args.tta),
         "overlap": float(args.overlap),
-        "cut_thin_bridges": not args.all_components,
-        "keep_largest_component": not args.all_components,
+        "cut_thin_bridges": not (args.all_components or args.no_clean_up),
+        "keep_largest_component": not (args.all_components or args.no_clean_up),
+        "bundle_fill_holes": not args.no_clean_up,
         "fill_holes": bool(args.fill_holes),
     }
     failures = 0

@@ -27,6 +27,7 @@ from pocketseg_core import geometry
 from pocketseg_core.inference.options import InferenceOptions
 from pocketseg_core.postprocessing import (
     array_box,
+    cut_below_waist,
     cut_thin_bridges,
     fill_holes,
     fill_holes_in_slices,
@@ -38,13 +39,18 @@ from pocketseg_core.preprocessing import WorkingGrid
 
 def clean_up(mask: sitk.Image, postprocessing: Mapping[str, Any], steps: InferenceOptions) -> sitk.Image:
     """``mask`` after the clean-up steps switched on in ``steps`` (see the module docstring),
-    with the bundle's settings ``postprocessing`` (``cut_bridges_mm``, ``fill_holes``); a
-    ``uint8`` image on ``mask``'s grid."""
+    with the bundle's settings ``postprocessing`` (``cut_bridges_mm``, ``cut_below_waist``,
+    ``fill_holes``); a ``uint8`` image on ``mask``'s grid. With every step on it is
+    :func:`pocketseg_core.postprocessing.apply_postprocessing`."""
     bridge_radius = postprocessing.get("cut_bridges_mm")
     if steps.cut_thin_bridges and bridge_radius:
         mask = cut_thin_bridges(mask, float(bridge_radius))
     if steps.keep_largest_component:
         mask = keep_largest_component(mask)
+    if steps.cut_thin_bridges and postprocessing.get("cut_below_waist"):
+        mask = cut_below_waist(mask)  # on the kept body: a stray blob has no waist
+        if steps.keep_largest_component:
+            mask = keep_largest_component(mask)
     bundle_fill = postprocessing.get("fill_holes") if steps.bundle_fill_holes else None
     if bundle_fill == "slices":
         mask = fill_holes_in_slices(mask)

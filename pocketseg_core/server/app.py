@@ -33,6 +33,7 @@ OPTION_TYPES: dict[str, type] = {
     "overlap": float,
     "cut_thin_bridges": bool,
     "keep_largest_component": bool,
+    "bundle_fill_holes": bool,
     "fill_holes": bool,
 }
 assert set(OPTION_TYPES) == set(REMOTE_OPTIONS)

@@ -1,0 +1,136 @@
+"""The accuracy harness (benchmarks/accuracy.py) on tiny phantoms: consensus, measures, tables,
+the peers' masks mapped back from FSL's standard orientation, the contour picture. No peer runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from benchmarks.accuracy import (
+    Head,
+    ToolMask,
+    _mask_on_grid,
+    below_ml,
+    consensus,
+    enclosed_holes_ml,
+    markdown_tables,
+    measure_case,
+    save_contours_png,
+    volume_ml,
+)
+
+
+def ball(
+    centre_zyx: tuple[int, int, int], radius: float, shape=(20, 24, 28), spacing=(1.0, 2.0, 0.5)
+) -> sitk.Image:
+    """A 0/1 uint8 ball on a grid of ``spacing`` (x, y, z) mm, radius in voxels."""
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    inside = (z - centre_zyx[0]) ** 2 + (y - centre_zyx[1]) ** 2 + (x - centre_zyx[2]) ** 2 <= radius**2
+    image = sitk.GetImageFromArray(inside.astype(np.uint8))
+    image.SetSpacing(spacing)
+    image.SetOrigin((3.0, -7.0, 11.0))
+    return image
+
+
+def test_consensus_is_the_voxelwise_majority():
+    a = sitk.GetImageFromArray(np.array([[[1, 1, 0, 0, 1]]], dtype=np.uint8))
+    b = sitk.GetImageFromArray(np.array([[[1, 0, 1, 0, 0]]], dtype=np.uint8))
+    c = sitk.GetImageFromArray(np.array([[[1, 1, 1, 0, 0]]], dtype=np.uint8))
+    agreed = sitk.GetArrayFromImage(consensus([a, b, c]))
+    assert agreed.tolist() == [[[1, 1, 1, 0, 0]]]
+    # two voters: both must agree (a tie is not a majority)
+    assert sitk.GetArrayFromImage(consensus([a, b])).tolist() == [[[1, 0, 0, 0, 0]]]
+
+
+def test_volume_and_enclosed_holes_in_ml():
+    solid = ball((10, 12, 14), 6.0)
+    voxels = int(sitk.GetArrayViewFromImage(solid).sum())
+    assert volume_ml(solid) == pytest.approx(voxels * 1.0 * 2.0 * 0.5 / 1000.0)
+    assert enclosed_holes_ml(solid) == 0.0
+    hollow = sitk.GetArrayFromImage(solid)
+    hollow[9:12, 11:14, 13:16] = 0  # a 27-voxel cavity inside (a "ventricle")
+    hollow_image = sitk.GetImageFromArray(hollow)
+    hollow_image.CopyInformation(solid)
+    assert enclosed_holes_ml(hollow_image) == pytest.approx(27 * 1.0 * 2.0 * 0.5 / 1000.0)
+
+
+def test_measure_case_against_reference_and_consensus_and_the_tables():
+    reference = ball((10, 12, 14), 6.0)
+    masks = {
+        "pocketseg": ToolMask("pocketseg", ball((10, 12, 14), 6.0), 1.5),  # = reference
+        "deepbet": ToolMask("deepbet", ball((10, 12, 15), 6.0), 4.0),
+        "hdbet": ToolMask("hdbet", ball((10, 12, 14), 5.0), 60.0),
+        "robex": ToolMask("robex", ball((10, 12, 14), 6.0), 90.0),
+    }
+    result, agreed = measure_case(Head("phantom", "x", "y", "manual"), masks, reference)
+    # pocketseg is the reference: perfect
+    assert result.against_reference["pocketseg"] == {"dice": 1.0, "hd95": 0.0, "assd": 0.0}
+    # the consensus of (shifted, smaller, equal) balls is the reference ball but for the shifted side
+    expected = consensus([m.mask for k, m in masks.items() if k != "pocketseg"])
+    assert agreed is not None
+    assert np.array_equal(sitk.GetArrayViewFromImage(agreed), sitk.GetArrayViewFromImage(expected))
+    assert result.against_consensus["robex"]["dice"] == pytest.approx(
+        result.against_reference["consensus"]["dice"], abs=1e-4
+    )
+    assert 0.8 < result.against_reference["deepbet"]["dice"] < 1.0
+    # shifted by one 0.5 mm voxel: surface distances within a voxel of the coarsest axis (2 mm)
+    assert 0.0 < result.against_reference["deepbet"]["hd95"] <= 2.0
+    assert result.volumes_ml["reference"] == pytest.approx(volume_ml(reference), abs=0.01)
+    assert result.seconds == {"pocketseg": 1.5, "deepbet": 4.0, "hdbet": 60.0, "robex": 90.0}
+    names = {"pocketseg": "PocketSeg", "deepbet": "deepbet", "hdbet": "HD-BET fast", "robex": "ROBEX"}
+    table = markdown_tables([result], list(names), names)
+    row = next(line for line in table.splitlines() if line.startswith("| phantom (manual)"))
+    assert "**1.000 / 0.0**" in row  # the best tool is bold
+    consensus_row = next(line for line in table.splitlines() if line.startswith("| phantom | "))
+    assert f"| {result.consensus_volume_ml:.0f} |" in consensus_row
+
+
+def test_measure_case_without_reference_reports_only_the_consensus():
+    masks = {key: ToolMask(key, ball((10, 12, 14), 6.0), None) for key in ("pocketseg", "deepbet", "hdbet")}
+    result, agreed = measure_case(Head("unlabelled", "x"), masks, None)
+    assert result.against_reference == {}
+    assert agreed is not None and result.against_consensus["pocketseg"]["dice"] == 1.0
+    assert result.seconds["pocketseg"] is None
+    table = markdown_tables([result], ["pocketseg", "deepbet", "hdbet", "robex"], {})
+    assert "| unlabelled |" in table and "Dice / HD95 (mm) against the reference" in table
+
+
+@pytest.mark.parametrize("direction", [(0, 0, 1, 1, 0, 0, 0, 1, 0), (-1, 0, 0, 0, 1, 0, 0, 0, -1)])
+def test_a_peer_mask_written_in_standard_orientation_maps_back_voxel_exactly(tmp_path, direction):
+    head = ball((6, 12, 17), 5.0)
+    head.SetDirection(direction)
+    standard = sitk.DICOMOrient(head, "LAS")
+    # the peer writes its mask on the standard input's voxels, with a rounded header of its own
+    written = sitk.Cast(standard, sitk.sitkFloat32)
+    written.SetOrigin(tuple(o + 1e-4 for o in standard.GetOrigin()))
+    path = tmp_path / "mask.nii.gz"
+    sitk.WriteImage(written, str(path))
+    back = _mask_on_grid(path, standard, head)
+    assert back.GetSize() == head.GetSize() and back.GetDirection() == head.GetDirection()
+    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(head))
+
+
+def test_contour_picture_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    image = sitk.Cast(ball((10, 12, 14), 8.0), sitk.sitkFloat32) * 100.0
+    masks = {"pocketseg": ball((10, 12, 14), 6.0), "deepbet": ball((10, 12, 15), 6.0)}
+    path = save_contours_png(image, masks, tmp_path / "case.png", "phantom", {"pocketseg": "PocketSeg"})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_below_ml_counts_the_mask_under_the_floor_masks_lowest_section(flip):
+    floor = np.zeros((10, 6, 6), dtype=np.uint8)
+    floor[4:9, 1:5, 1:5] = 1  # lowest section at z = 4 (index 0 at the feet)
+    mask = floor.copy()
+    mask[1:4, 2:4, 2:4] = 1  # 3 x 2 x 2 voxels below it: a leak
+    images = []
+    for array in (mask, floor):
+        image = sitk.GetImageFromArray(array[::-1].copy() if flip else array)
+        image.SetSpacing((1.0, 2.0, 3.0))
+        if flip:
+            image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))
+        images.append(image)
+    assert below_ml(images[0], images[1]) == pytest.approx(12 * 6.0 / 1000.0)
+    assert below_ml(images[1], images[1]) == 0.0

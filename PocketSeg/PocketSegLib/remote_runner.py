@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pocketseg_core.errors import Cancelled, PocketSegError
+from pocketseg_core.remote import REQUEST_TIMEOUT_S, RemoteClient, ServerError, ServerUnreachable
 from pocketseg_core.remote import SUCCEEDED as SERVER_SUCCEEDED
-from pocketseg_core.remote import RemoteClient, ServerError, ServerUnreachable
 from PocketSegLib.runner import CANCELLED, FAILED, RUNNING, SUCCEEDED, ProgressCallback, RunStatus
 
 #: seconds between two status requests, however often the GUI polls
@@ -40,8 +40,9 @@ class ServerSettings:
     url: str
     token: str = field(default="", repr=False)  # kept out of reprs, hence out of logs
 
-    def client(self) -> RemoteClient:
-        return RemoteClient(self.url, self.token or None)
+    def client(self, timeout: float = REQUEST_TIMEOUT_S) -> RemoteClient:
+        """A client of the server; ``timeout``: seconds a request may wait for an answer."""
+        return RemoteClient(self.url, self.token or None, timeout)
 
 
 class RemoteRun:

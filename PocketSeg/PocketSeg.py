@@ -9,6 +9,10 @@ Python console::
     logic = slicer.util.getModuleLogic("PocketSeg")
     segmentationNode = logic.segment(volumeNode, "skullstrip")      # or "liver", or a model path
     tableNode = logic.compare(referenceNode, "Brain", segmentationNode, "Brain")
+
+    from PocketSegLib.remote_runner import ServerSettings         # on a PocketSeg server
+    options = SegmentOptions(server=ServerSettings("http://gpu-box:8765", token))
+    segmentationNode = logic.segment(volumeNode, "skullstrip", options)
 """
 
 import logging
@@ -20,6 +24,7 @@ import slicer
 import vtk
 from PocketSegLib.logic import SAMPLE_VOLUMES, TASKS, SegmentOptions
 from PocketSegLib.logic import PocketSegLogic as PocketSegMRMLLogic
+from PocketSegLib.remote_runner import ServerSettings
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -34,6 +39,15 @@ from slicer.util import VTKObservationMixin
 
 #: how often the GUI looks at a running segmentation (ms); the work runs in a child process
 POLL_INTERVAL_MS = 200
+#: "Run on" lives in the application's settings, not in the parameter node: a scene file must
+#: never carry a server's token. The token is stored only when "Remember the token" is ticked.
+SETTING_RUN_ON = "PocketSeg/RunOn"  # "computer" | "server"
+SETTING_SERVER_URL = "PocketSeg/ServerURL"
+SETTING_REMEMBER_TOKEN = "PocketSeg/RememberServerToken"  # "true" | "false"
+SETTING_SERVER_TOKEN = "PocketSeg/ServerToken"
+RUN_ON_COMPUTER, RUN_ON_SERVER = 0, 1  # the items of runOnComboBox
+#: seconds "Test connection" waits for the server's answers (the GUI is blocked meanwhile)
+CONNECTION_TEST_TIMEOUT_S = 5.0
 
 
 #
@@ -94,6 +108,8 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._running = None  # PocketSegLib.logic.BackgroundSegmentation while a run is on
         self._timer = None
+        self._serverModels = []  # what the server of _serverModelsUrl offered at "Test connection"
+        self._serverModelsUrl = ""
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -114,6 +130,7 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.hide()
         self.ui.cancelButton.hide()
         self.addSampleButtons()
+        self.setupRunOn()
         self.populateModels()
 
         self._timer = qt.QTimer()
@@ -198,21 +215,111 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = node
 
     def populateModels(self) -> None:
-        """Model choices: the task's default, then every shipped or user-trained bundle."""
+        """Model choices: the task's default, then every shipped or user-trained bundle; on a
+        server, the models it offered at the last "Test connection" (by name)."""
         combo = self.ui.modelComboBox
         current = combo.currentData
         combo.clear()
         combo.addItem(_("Default for the button's task"), "")
-        try:
-            models = self.logic.available_models()
-        except Exception as error:  # a broken catalog must not break the module
-            logging.warning(f"PocketSeg: cannot list models: {error}")
-            models = []
-        for model in models:
-            suffix = _(" (yours)") if model["source"] == "user" else ""
-            combo.addItem(f"{model['title']} [{model['modality']}]{suffix}", model["path"])
+        server = self.serverSettings()
+        if server is not None:
+            offered = self._serverModels if server.url == self._serverModelsUrl else []
+            for model in offered:
+                combo.addItem(f"{model['title']} [{model['modality']}]", model["name"])
+        else:
+            try:
+                models = self.logic.available_models()
+            except Exception as error:  # a broken catalog must not break the module
+                logging.warning(f"PocketSeg: cannot list models: {error}")
+                models = []
+            for model in models:
+                suffix = _(" (yours)") if model["source"] == "user" else ""
+                combo.addItem(f"{model['title']} [{model['modality']}]{suffix}", model["path"])
         index = combo.findData(current) if current else 0
         combo.setCurrentIndex(max(index, 0))
+
+    # --- run on: this computer or a PocketSeg server -------------------------------------------
+
+    def setupRunOn(self) -> None:
+        """Restore "Run on" from the application settings and connect its widgets."""
+        settings = qt.QSettings()
+        self.ui.serverUrlLineEdit.text = str(settings.value(SETTING_SERVER_URL, "") or "")
+        remember = str(settings.value(SETTING_REMEMBER_TOKEN, "false")).lower() == "true"
+        self.ui.rememberTokenCheckBox.checked = remember
+        if remember:
+            self.ui.serverTokenLineEdit.text = str(settings.value(SETTING_SERVER_TOKEN, "") or "")
+        onServer = str(settings.value(SETTING_RUN_ON, "computer")) == "server"
+        self.ui.runOnComboBox.currentIndex = RUN_ON_SERVER if onServer else RUN_ON_COMPUTER
+        self.ui.runOnComboBox.connect("currentIndexChanged(int)", self.onRunOnChanged)
+        self.ui.serverUrlLineEdit.connect("editingFinished()", self.onServerEdited)
+        self.ui.serverTokenLineEdit.connect("editingFinished()", self.saveRunOn)
+        self.ui.rememberTokenCheckBox.connect("toggled(bool)", self.saveRunOn)
+        self.ui.testConnectionButton.connect("clicked()", self.onTestConnection)
+        self.updateRunOn()
+
+    def serverSettings(self) -> Optional[ServerSettings]:  # noqa: UP045 (template style)
+        """The chosen server, or None when running on this computer."""
+        if self.ui.runOnComboBox.currentIndex != RUN_ON_SERVER:
+            return None
+        return ServerSettings(
+            self.ui.serverUrlLineEdit.text.strip(), self.ui.serverTokenLineEdit.text.strip()
+        )
+
+    def updateRunOn(self) -> None:
+        """On a server the device is the server's: Device is disabled, the server fields shown."""
+        onServer = self.serverSettings() is not None
+        self.ui.serverWidget.setVisible(onServer)
+        self.ui.deviceComboBox.enabled = not onServer
+
+    def onRunOnChanged(self, index=None) -> None:
+        self.saveRunOn()
+        self.updateRunOn()
+        self.populateModels()
+
+    def onServerEdited(self) -> None:
+        self.saveRunOn()
+        self.populateModels()  # another server: its models are listed after "Test connection"
+
+    def saveRunOn(self, *unused) -> None:
+        """Store "Run on" and the URL; the token only while "Remember the token" is ticked."""
+        settings = qt.QSettings()
+        onServer = self.ui.runOnComboBox.currentIndex == RUN_ON_SERVER
+        settings.setValue(SETTING_RUN_ON, "server" if onServer else "computer")
+        settings.setValue(SETTING_SERVER_URL, self.ui.serverUrlLineEdit.text.strip())
+        if self.ui.rememberTokenCheckBox.checked:
+            settings.setValue(SETTING_REMEMBER_TOKEN, "true")
+            settings.setValue(SETTING_SERVER_TOKEN, self.ui.serverTokenLineEdit.text.strip())
+        else:
+            settings.setValue(SETTING_REMEMBER_TOKEN, "false")
+            settings.remove(SETTING_SERVER_TOKEN)  # unticking forgets a token stored before
+
+    def onTestConnection(self) -> None:
+        """Ask the server for its health (checks the URL and the token) and list its models."""
+        from pocketseg_core.errors import PocketSegError
+
+        server = self.serverSettings()
+        if server is None:
+            return
+        self.saveRunOn()
+        try:
+            with slicer.util.WaitCursor():
+                client = server.client(timeout=CONNECTION_TEST_TIMEOUT_S)
+                health = client.health()
+                models = client.models()
+        except PocketSegError as error:
+            self._serverModels, self._serverModelsUrl = [], ""
+            self.ui.serverStatusLabel.text = _("Not connected: {error}").format(error=error)
+        else:
+            self._serverModels, self._serverModelsUrl = models, server.url
+            self.ui.serverStatusLabel.text = _(
+                "Connected: PocketSeg {version}, {workers} worker(s), {queued} job(s) waiting, {count} model(s)."
+            ).format(
+                version=health.get("pocketseg", "?"),
+                workers=health.get("workers", "?"),
+                queued=health.get("queued", "?"),
+                count=len(models),
+            )
+        self.populateModels()
 
     # --- running ----------------------------------------------------------------------------
 
@@ -230,7 +337,14 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSegment(self, task: str) -> None:
         from pocketseg_core.errors import PocketSegError
 
-        if not self.ensureTorch():
+        server = self.serverSettings()
+        if server is None and not self.ensureTorch():  # a server run needs no torch here
+            return
+        if server is not None and not server.url:
+            slicer.util.errorDisplay(
+                _("Enter the PocketSeg server's URL under Options, or choose to run on this computer."),
+                windowTitle=_("PocketSeg"),
+            )
             return
         parameters = self._parameterNode
         model = self.ui.modelComboBox.currentData or task
@@ -240,11 +354,12 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             tta=parameters.flipTTA,
             create_masked_volume=parameters.createMaskedVolume,
             show_3d=parameters.show3D,
+            server=server,
         )
         outputNode = parameters.outputSegmentation
         try:
-            with slicer.util.WaitCursor():
-                prepared = self.logic.prepare(parameters.inputVolume, model)
+            with slicer.util.WaitCursor():  # on a server: asks it for the model's config
+                prepared = self.logic.prepare(parameters.inputVolume, model, server)
         except PocketSegError as error:
             slicer.util.errorDisplay(str(error), windowTitle=_("PocketSeg"))
             return
@@ -265,7 +380,8 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ):
             return
         try:
-            with slicer.util.WaitCursor():  # writes the volume to a temporary file, starts the process
+            # writes the volume to a temporary file, starts the process (or uploads it to the server)
+            with slicer.util.WaitCursor():
                 self._running = self.logic.start(
                     prepared, options, outputNode, replace_segments=bool(replace)
                 )

@@ -4,7 +4,8 @@ The Slicer modules never run torch in Slicer's own process: inside the applicati
 thread holds Python's GIL while Qt waits for events, so a Python thread would advance only when
 the GUI happens to run Python (see docs/architecture.md, "Runs out of process"). They write a job
 file and the input as files, start this module with Slicer's Python (``PythonSlicer``) or
-``sys.executable``, poll its stdout from a timer and kill its process group on Cancel.
+``sys.executable``, poll its stdout from a timer and kill its process group on Cancel. The
+server (``pocketseg serve``, :mod:`pocketseg_core.server.jobs`) runs each job with it too.
 
 Job file (JSON, UTF-8), one of::
 
@@ -12,6 +13,10 @@ Job file (JSON, UTF-8), one of::
      "options": {InferenceOptions fields}}
     {"kind": "train", "config": {TrainingConfig fields}, "run_dir": FOLDER, "resume": false,
      "register": true}
+
+and optionally ``"own_folder": true``: the job file's folder belongs to this job alone, and a
+worker whose parent died (a killed server, a crashed Slicer) removes it, input included, since
+nobody else will.
 
 Stdout carries only events, one JSON object per line (anything else a library prints goes to
 stderr, which the parent keeps as the log)::
@@ -25,13 +30,15 @@ stderr, which the parent keeps as the log)::
 
 Exit status: 0 done, 1 a :class:`~pocketseg_core.errors.PocketSegError` (message for the user),
 2 an unusable job file, 3 an unexpected error (traceback in the event and on stderr).
-Outputs are written atomically, so a killed worker leaves no partial mask.
+Outputs are written atomically, so a killed worker leaves no partial mask. An orphaned worker
+(its parent gone, or its end of the events pipe closed) stops at its next progress report.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -54,10 +61,25 @@ class EventWriter:
         self._last_time = 0.0
         self._last_message = ""
         self._parent = os.getppid()
+        self.orphaned = False  # nobody reads the events any more
 
     def emit(self, event: str, **fields: Any) -> None:
-        self.stream.write(json.dumps({"event": event, **fields}, ensure_ascii=True) + "\n")
-        self.stream.flush()
+        if self.orphaned:
+            return
+        try:
+            self.stream.write(json.dumps({"event": event, **fields}, ensure_ascii=True) + "\n")
+            self.stream.flush()
+        except OSError:  # the parent is gone (a killed server closed its end of the pipe)
+            self.orphaned = True
+            try:  # closed now, so that no flush at exit reports the broken pipe again
+                self.stream.close()
+            except OSError:
+                pass
+
+    def parent_gone(self) -> bool:
+        """True once the worker is orphaned: its parent died, or the events pipe broke."""
+        self.orphaned = self.orphaned or os.getppid() != self._parent
+        return self.orphaned
 
     def progress(self, fraction: float, message: str) -> bool:
         """A progress callback for pocketseg_core (throttled); False once the parent is gone."""
@@ -65,8 +87,8 @@ class EventWriter:
         if message != self._last_message or now - self._last_time >= PROGRESS_INTERVAL_S or fraction >= 1.0:
             self.emit("progress", fraction=round(float(fraction), 4), message=str(message))
             self._last_time, self._last_message = now, message
-        # an orphaned worker (the application died) stops at its next report instead of running on
-        return os.getppid() == self._parent
+        # an orphaned worker (the application or server died) stops at its next report
+        return not self.parent_gone()
 
 
 def _inference_options(values: dict[str, Any]) -> Any:
@@ -178,6 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         events.emit("error", error="BadJob", message=f"unusable job file: {error}", traceback="")
         return EXIT_BAD_JOB
+    try:
+        return _run(job, kind, events)
+    finally:
+        # nobody will clean up after an orphaned worker: the folder that is its own goes (the input)
+        if job.get("own_folder") is True and events.parent_gone():
+            shutil.rmtree(Path(argv[0]).resolve().parent, ignore_errors=True)
+
+
+def _run(job: dict[str, Any], kind: str, events: EventWriter) -> int:
+    """Run a parsed job; report its result or error as events; the exit status."""
     try:
         result = JOBS[kind](job, events)
     except Cancelled as error:

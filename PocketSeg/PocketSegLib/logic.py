@@ -5,6 +5,8 @@ Used by the module's widget and from Slicer's Python console::
     from PocketSegLib.logic import PocketSegLogic, SegmentOptions
     logic = PocketSegLogic()                        # Slicer's scene and logics
     seg = logic.segment(volumeNode, "skullstrip")   # -> "<volume> brain", segment "Brain"
+    server = ServerSettings("http://gpu-box:8765", token)  # from PocketSegLib.remote_runner
+    seg = logic.segment(volumeNode, "skullstrip", SegmentOptions(server=server))  # on a server
     table = logic.compare(referenceSeg, "Brain", seg, "Brain")
 
 A run has three steps, and only the middle one computes, in a child process
@@ -15,6 +17,11 @@ the mask back as a file; :meth:`BackgroundSegmentation.finish` puts the mask int
 thread). Nothing is added to the scene before ``finish``: a cancelled or failed run leaves it
 exactly as it was. This process never imports torch: the module works, lists its models and
 offers to install torch where ``import torch`` fails.
+
+With ``SegmentOptions.server`` set, the middle step runs on a PocketSeg server instead
+(:class:`PocketSegLib.remote_runner.RemoteRun`): ``prepare`` asks the server for the model's
+config, ``start`` uploads the same input file and the server's mask comes back in the same
+format; ``BackgroundSegmentation`` and ``finish`` are the same for both.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import SimpleITK as sitk
 from pocketseg_core.errors import GridMismatchError, InputImageError, PocketSegError
 from pocketseg_core.postprocessing import mask_array
 from PocketSegLib import comparison, segmentation, volume_io
+from PocketSegLib.remote_runner import RemoteRun, ServerSettings
 from PocketSegLib.runner import RUNNING, ProgressCallback, RunStatus, WorkerRun
 from PocketSegLib.scene_context import SlicerContext, default_context
 
@@ -51,12 +59,17 @@ class SegmentOptions:
     tta: bool = False  # flip test-time augmentation
     create_masked_volume: bool = False  # also create "<volume> skull-stripped" / "<volume> masked"
     show_3d: bool = False  # also build the 3D surface and show it
+    server: ServerSettings | None = None  # run on this PocketSeg server instead of this computer
 
     def worker_options(self) -> dict[str, Any]:
         """The ``InferenceOptions`` fields the worker receives (plain data; device checked here)."""
         from pocketseg_core.devices import device_name
 
         return {"device": device_name(self.device), "fast": bool(self.fast), "tta": bool(self.tta)}
+
+    def server_options(self) -> dict[str, Any]:
+        """The options a server receives (its device is its own choice: ``device`` is not sent)."""
+        return {"fast": bool(self.fast), "tta": bool(self.tta)}
 
 
 @dataclass(frozen=True)
@@ -72,13 +85,23 @@ class LocalModel:
         return str(self.config.name)
 
 
+@dataclass(frozen=True)
+class ServerModel:
+    """A model of a PocketSeg server: its config, as the server describes it (no folder and no
+    weights on this computer)."""
+
+    config: Any  # pocketseg_core.bundles.BundleConfig
+    name: str  # the server's name for it
+    server: ServerSettings
+
+
 @dataclass
 class PreparedRun:
     """Everything a run needs, copied out of the scene; no torch object."""
 
     volume_node: Any
     image: sitk.Image
-    bundle: Any  # LocalModel (or remote_runner.RemoteModel for a server): has .config and .name
+    bundle: LocalModel | ServerModel  # has .config and .name
     task: str | None
     labels: list[tuple[int, segmentation.SegmentDescription]]
     warnings: list[str] = field(default_factory=list)
@@ -166,8 +189,27 @@ class PocketSegLogic:
 
     # --- the three steps ------------------------------------------------------------------
 
-    def prepare(self, volume_node: Any, model: Any = "skullstrip") -> PreparedRun:
-        """Check the input and copy its voxels out of the scene (main thread; no torch)."""
+    @staticmethod
+    def server_model(server: ServerSettings, model: Any) -> ServerModel:
+        """A server's model by name or task alias, with its config asked from the server."""
+        from pocketseg_core.bundles import BundleConfig
+
+        if not isinstance(model, str):
+            raise PocketSegError(
+                f"a PocketSeg server runs its own models, not {model!r}: pass the name of one it offers"
+            )
+        info = server.client().model_info(model)
+        config = BundleConfig.from_dict(info["config"], source=f"the server's model {info['name']}")
+        return ServerModel(config, str(info["name"]), server)
+
+    def prepare(
+        self, volume_node: Any, model: Any = "skullstrip", server: ServerSettings | None = None
+    ) -> PreparedRun:
+        """Check the input and copy its voxels out of the scene (main thread; no torch).
+
+        With ``server``, ``model`` is a name or task alias the server offers and its config comes
+        from the server (one short request); start the run with ``SegmentOptions(server=server)``.
+        """
         if volume_node is None:
             raise InputImageError("no volume selected: pick the image to segment first")
         image = volume_io.image_from_volume_node(volume_node)
@@ -177,8 +219,12 @@ class PocketSegLogic:
                 f"volume '{volume_node.GetName()}' is a single slice ({size[0]} x {size[1]} x {size[2]} voxels): "
                 "PocketSeg needs a 3D volume; load the whole series"
             )
-        folder = self.model_folder(model)
-        config = self.model_config(folder)
+        if server is None:
+            folder = self.model_folder(model)
+            bundle: LocalModel | ServerModel = LocalModel(self.model_config(folder), folder)
+        else:
+            bundle = self.server_model(server, model)
+        config = bundle.config
         task = config.task or (model if isinstance(model, str) and model in TASKS else None)
         labels = [(label.value, segmentation.describe_label(label, task)) for label in config.labels]
         from pocketseg_core.preprocessing import modality_warning
@@ -187,7 +233,7 @@ class PocketSegLogic:
         warning = modality_warning(sitk.GetArrayViewFromImage(image), config.modality)
         if warning:
             warnings.append(f"'{volume_node.GetName()}': {warning}")
-        return PreparedRun(volume_node, image, LocalModel(config, folder), task, labels, warnings)
+        return PreparedRun(volume_node, image, bundle, task, labels, warnings)
 
     @staticmethod
     def segments_to_replace(prepared: PreparedRun, output_node: Any | None) -> list[str]:
@@ -203,8 +249,9 @@ class PocketSegLogic:
         output_node: Any | None = None,
         replace_segments: bool = False,
     ) -> BackgroundSegmentation:
-        """Start the computation of a prepared run in a child process; poll ``status()``, then
-        call ``finish()`` on the main thread. The GUI asks about warnings in between.
+        """Start the computation of a prepared run in a child process, or on the server of
+        ``options.server`` (the upload happens here); poll ``status()``, then call ``finish()``
+        on the main thread. The GUI asks about warnings in between.
 
         Into an existing ``output_node``, only segments named like the model's labels are
         replaced, and only with ``replace_segments=True``: otherwise a same-name segment is a
@@ -223,17 +270,39 @@ class PocketSegLogic:
                     "allow replacing them (replace_segments=True) or choose a new segmentation"
                 )
         image = prepared.image
-        run = WorkerRun(
-            {
-                "kind": "segment",
-                "model": str(prepared.bundle.path),
-                "input": f"@{INPUT_FILE}",
-                "output": f"@{MASK_FILE}",
-                "options": options.worker_options(),
-            },
-            files={INPUT_FILE: lambda path: sitk.WriteImage(image, str(path))},
-            name="PocketSeg",
-        )
+        bundle, server = prepared.bundle, options.server
+        if server is None and isinstance(bundle, ServerModel):
+            raise PocketSegError(
+                f"the run was prepared with the models of the server {bundle.server.url}: "
+                "start it with SegmentOptions(server=...) naming that server"
+            )
+        if server is not None and not (isinstance(bundle, ServerModel) and bundle.server.url == server.url):
+            raise PocketSegError(
+                f"the run was not prepared for the server {server.url}: prepare it with server=options.server"
+            )
+        run: WorkerRun | RemoteRun
+        if server is None:
+            run = WorkerRun(
+                {
+                    "kind": "segment",
+                    "model": str(bundle.path),
+                    "input": f"@{INPUT_FILE}",
+                    "output": f"@{MASK_FILE}",
+                    "options": options.worker_options(),
+                },
+                files={INPUT_FILE: lambda path: sitk.WriteImage(image, str(path))},
+                name="PocketSeg",
+            )
+        else:
+            run = RemoteRun(
+                server.client(),
+                bundle.name,
+                options.server_options(),
+                # compressed: the file travels over the network (MetaImage keeps the doubles still)
+                files={INPUT_FILE: lambda path: sitk.WriteImage(image, str(path), True)},
+                upload=INPUT_FILE,
+                mask=MASK_FILE,
+            )
         running = BackgroundSegmentation(self, prepared, options, output_node, run, bool(replace_segments))
         run.on_finish(running.read_mask)
         run.start()
@@ -282,9 +351,10 @@ class PocketSegLogic:
         """Segment ``volume_node`` and return the segmentation node (blocking; console use).
 
         The work runs in a child process all the same; ``progress(fraction, message)``
-        returning False cancels it (``Cancelled`` is raised, the scene is unchanged).
+        returning False cancels it (``Cancelled`` is raised, the scene is unchanged). With
+        ``options.server`` the work runs on that PocketSeg server.
         """
-        running = self.start(self.prepare(volume_node, model), options, output_node, replace_segments)
+        running = self.start_segment(volume_node, model, options, output_node, replace_segments)
         running.wait(progress)
         return running.finish().segmentation_node
 
@@ -297,7 +367,8 @@ class PocketSegLogic:
         replace_segments: bool = False,
     ) -> BackgroundSegmentation:
         """Prepare and start a run; poll ``status()``, then call ``finish()`` on the main thread."""
-        return self.start(self.prepare(volume_node, model), options, output_node, replace_segments)
+        server = options.server if options is not None else None
+        return self.start(self.prepare(volume_node, model, server), options, output_node, replace_segments)
 
     def running(self) -> list[BackgroundSegmentation]:
         """The runs started by this logic that have not ended yet."""
@@ -364,7 +435,7 @@ class PocketSegLogic:
 
 
 class BackgroundSegmentation:
-    """A segmentation running in a child process (see :meth:`PocketSegLogic.start`).
+    """A segmentation running in a child process or on a server (see :meth:`PocketSegLogic.start`).
 
     ``status()`` never blocks; it also ends the run, with a clear message, when the input
     volume or the output segmentation was removed from the scene meanwhile, and the run is
@@ -377,7 +448,7 @@ class BackgroundSegmentation:
         prepared: PreparedRun,
         options: SegmentOptions,
         output_node: Any | None,
-        run: WorkerRun,
+        run: WorkerRun | RemoteRun,
         replace_segments: bool = False,
     ) -> None:
         self.logic, self.prepared, self.options, self.output_node = logic, prepared, options, output_node
@@ -420,8 +491,8 @@ class BackgroundSegmentation:
 
     # --- the run ------------------------------------------------------------------------------
 
-    def read_mask(self, run: WorkerRun) -> None:
-        """Called when the child has ended (before its temporary folder goes): read the mask."""
+    def read_mask(self, run: WorkerRun | RemoteRun) -> None:
+        """Called when the run has ended (before its temporary folder goes): read the mask."""
         self._unwatch_scene()
         if run.status().state != "succeeded":
             return
@@ -469,10 +540,11 @@ class BackgroundSegmentation:
 
 
 def mask_on_input_grid(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
-    """The worker's mask, checked to lie on exactly the input's grid, with the input's header.
+    """The worker's (or server's) mask, checked to lie on exactly the input's grid, with the
+    input's header.
 
     The files are MetaImage, which keeps the geometry's doubles; the check guards against a
-    worker that resampled or reoriented anything.
+    worker or server that resampled or reoriented anything.
     """
     same = (
         mask.GetSize() == image.GetSize()
@@ -482,7 +554,7 @@ def mask_on_input_grid(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
     )
     if not same:
         raise GridMismatchError(
-            f"the worker's mask ({mask.GetSize()}) is not on the input's grid ({image.GetSize()}); "
+            f"the computed mask ({mask.GetSize()}) is not on the input's grid ({image.GetSize()}); "
             "nothing was added"
         )
     mask = sitk.Cast(mask, sitk.sitkUInt8)

@@ -2,16 +2,14 @@
 
 "Run on: a PocketSeg server (URL, token)" sends the volume to ``pocketseg serve`` on another
 machine (a lab's GPU box) through :mod:`pocketseg_core.remote` (standard library only: no torch
-and no extra package in Slicer). :class:`RemoteRun` has the shape of the local runner: ``start()``,
-``status() -> RunStatus`` (polled from the widget's timer; one short HTTP request at most every
-``poll_interval_s``), ``cancel()`` (the server kills the job's process), ``wait(progress)``,
-``result() -> dict`` (device, seconds, messages) and ``path(name)``/``on_finish(callback)`` for
-the mask file, which lives in a temporary folder removed in every outcome.
-
-:func:`start_remote_segment` / :func:`segment_remote` are the logic's ``start_segment`` /
-``segment`` for a server: the volume is written as NRRD (the geometry's doubles kept), the mask
-comes back as NRRD on exactly the volume's grid, and nothing enters the scene before ``finish()``
-on the main thread, so a failed, cancelled or lost run leaves the scene as it was.
+and no extra package in Slicer). :class:`RemoteRun` has the shape of the local runner's
+:class:`~PocketSegLib.runner.WorkerRun`: ``start()``, ``status() -> RunStatus`` (polled from the
+widget's timer; one short HTTP request at most every ``poll_interval_s``), ``cancel(reason)``
+(the server kills the job's process), ``wait(progress)``, ``result() -> dict`` (device, seconds,
+messages) and ``path(name)``/``on_finish(callback)`` for the mask file, which lives in a
+temporary folder removed in every outcome. :meth:`PocketSegLib.logic.PocketSegLogic.start`
+builds one when ``SegmentOptions.server`` is set, so the logic's checks and ``finish()`` are
+the same for both: nothing enters the scene before ``finish()`` on the main thread.
 """
 
 from __future__ import annotations
@@ -20,26 +18,19 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import SimpleITK as sitk
-
-from pocketseg_core.errors import Cancelled, GridMismatchError, InputImageError, PocketSegError
+from pocketseg_core.errors import Cancelled, PocketSegError
+from pocketseg_core.remote import REQUEST_TIMEOUT_S, RemoteClient, ServerError, ServerUnreachable
 from pocketseg_core.remote import SUCCEEDED as SERVER_SUCCEEDED
-from pocketseg_core.remote import RemoteClient, ServerError, ServerUnreachable
-from PocketSegLib import segmentation, volume_io
 from PocketSegLib.runner import CANCELLED, FAILED, RUNNING, SUCCEEDED, ProgressCallback, RunStatus
 
-INPUT_FILE, MASK_FILE = "input.nrrd", "mask.nrrd"
 #: seconds between two status requests, however often the GUI polls
 POLL_INTERVAL_S = 0.25
 #: seconds a server may stay unreachable before the run fails (a Wi-Fi hiccup is not an error)
 UNREACHABLE_GRACE_S = 10.0
-#: largest difference (mm, direction cosine) accepted between the mask's grid and the input's
-MASK_GRID_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -47,23 +38,29 @@ class ServerSettings:
     """What "Run on: a PocketSeg server" holds: its address and token (empty: no token)."""
 
     url: str
-    token: str = ""
+    token: str = field(default="", repr=False)  # kept out of reprs, hence out of logs
 
-    def client(self) -> RemoteClient:
-        return RemoteClient(self.url, self.token or None)
+    def client(self, timeout: float = REQUEST_TIMEOUT_S) -> RemoteClient:
+        """A client of the server; ``timeout``: seconds a request may wait for an answer."""
+        return RemoteClient(self.url, self.token or None, timeout)
 
 
 class RemoteRun:
-    """One job on a PocketSeg server, polled like the local runner's run (never runs MRML)."""
+    """One job on a PocketSeg server, polled like the local runner's run (never runs MRML).
+
+    ``files`` are written into the run's temporary folder before the upload (file name ->
+    ``write(path)``); ``upload`` names the one sent (its ending is its format: ``.mha``,
+    ``.nrrd``, ``.nii.gz``), and the server's mask, in the same format, is saved as ``mask``.
+    """
 
     def __init__(
         self,
         client: RemoteClient,
         model: str,
-        options: dict[str, Any] | None = None,
-        files: dict[str, Callable[[Path], Any]] | None = None,
-        upload: str = INPUT_FILE,
-        mask: str = MASK_FILE,
+        options: dict[str, Any] | None,
+        files: dict[str, Callable[[Path], Any]],
+        upload: str,
+        mask: str,
         name: str = "PocketSeg server",
         poll_interval_s: float = POLL_INTERVAL_S,
         unreachable_grace_s: float = UNREACHABLE_GRACE_S,
@@ -214,156 +211,3 @@ class RemoteRun:
         if self._error is not None:
             raise self._error
         return dict(self._result or {})
-
-
-# --- the logic's segment / start_segment, on a server ------------------------------------------
-
-
-@dataclass
-class RemoteModel:
-    """A server's model as the logic's prepared run needs it: its config (no weights here)."""
-
-    config: Any  # pocketseg_core.bundles.BundleConfig
-    name: str
-
-
-@dataclass
-class RemoteResult:
-    """What the logic's ``apply`` reads from a finished computation."""
-
-    mask: sitk.Image
-    device: str
-    seconds: float
-    messages: list[str]
-    probabilities: Any = None
-
-
-def prepare_remote(logic: Any, volume_node: Any, client: RemoteClient, model: str = "skullstrip") -> Any:
-    """The logic's ``prepare`` with the model's config asked from the server (main thread)."""
-    from pocketseg_core.bundles import BundleConfig
-    from pocketseg_core.preprocessing import modality_warning
-    from PocketSegLib.logic import TASKS, PreparedRun
-
-    if volume_node is None:
-        raise InputImageError("no volume selected: pick the image to segment first")
-    image = volume_io.image_from_volume_node(volume_node)
-    if min(image.GetSize()) < 2:
-        raise InputImageError(
-            f"volume '{volume_node.GetName()}' is a single slice: PocketSeg needs a 3D volume; load the whole series"
-        )
-    info = client.model_info(str(model))
-    config = BundleConfig.from_dict(info["config"], source=f"the server's model {info['name']}")
-    task = config.task or (model if model in TASKS else None)
-    labels = [(label.value, segmentation.describe_label(label, task)) for label in config.labels]
-    warnings = []
-    warning = modality_warning(sitk.GetArrayViewFromImage(image), config.modality)
-    if warning:
-        warnings.append(f"'{volume_node.GetName()}': {warning}")
-    return PreparedRun(volume_node, image, RemoteModel(config, str(info["name"])), task, labels, warnings)
-
-
-def mask_on_input_grid(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
-    """The server's mask, checked to lie on exactly the input's grid, with the input's header."""
-    same = (
-        mask.GetSize() == image.GetSize()
-        and np.allclose(mask.GetSpacing(), image.GetSpacing(), rtol=0, atol=MASK_GRID_TOLERANCE)
-        and np.allclose(mask.GetOrigin(), image.GetOrigin(), rtol=0, atol=MASK_GRID_TOLERANCE)
-        and np.allclose(mask.GetDirection(), image.GetDirection(), rtol=0, atol=MASK_GRID_TOLERANCE)
-    )
-    if not same:
-        raise GridMismatchError(
-            f"the server's mask ({mask.GetSize()}) is not on the input's grid ({image.GetSize()}); nothing was added"
-        )
-    mask = sitk.Cast(mask, sitk.sitkUInt8)
-    mask.CopyInformation(image)
-    return mask
-
-
-class RemoteSegmentation:
-    """A segmentation running on a server: ``status()``/``cancel()``/``wait()``, then ``finish()``."""
-
-    def __init__(self, logic: Any, prepared: Any, options: Any, output_node: Any, run: RemoteRun) -> None:
-        self.logic, self.prepared, self.options, self.output_node, self.run = (
-            logic,
-            prepared,
-            options,
-            output_node,
-            run,
-        )
-        self.mask: sitk.Image | None = None
-        run.on_finish(self._read_mask)
-
-    def _read_mask(self, run: RemoteRun) -> None:
-        if run.status().state == SUCCEEDED:
-            self.mask = mask_on_input_grid(sitk.ReadImage(str(run.path(MASK_FILE))), self.prepared.image)
-
-    def status(self) -> RunStatus:
-        return self.run.status()
-
-    def cancel(self) -> None:
-        self.run.cancel()
-
-    def wait(self, progress: ProgressCallback | None = None, timeout: float | None = None) -> RunStatus:
-        return self.run.wait(progress, timeout)
-
-    def finish(self) -> Any:
-        """Main thread, once ``status().done``: put the mask into the scene, or raise the run's error."""
-        result = self.run.result()
-        if self.mask is None:
-            raise PocketSegError("the server's run ended without a mask; nothing was added")
-        computed = RemoteResult(
-            self.mask,
-            str(result.get("device", "")),
-            float(result.get("seconds", 0.0)),
-            list(result["messages"]),
-        )
-        return self.logic.apply(self.prepared, computed, self.options, self.output_node)
-
-
-def remote_options(options: Any) -> dict[str, Any]:
-    """The server options of the logic's ``SegmentOptions`` (the device is the server's)."""
-    return {"fast": bool(getattr(options, "fast", False)), "tta": bool(getattr(options, "tta", False))}
-
-
-def start_remote_segment(
-    logic: Any,
-    volume_node: Any,
-    server: ServerSettings,
-    model: str = "skullstrip",
-    options: Any = None,
-    output_node: Any = None,
-    **run_settings: Any,
-) -> RemoteSegmentation:
-    """Prepare, upload and start a run on ``server``; poll ``status()``, then call ``finish()``."""
-    from PocketSegLib.logic import SegmentOptions
-
-    options = options or SegmentOptions()
-    client = server.client()
-    prepared = prepare_remote(logic, volume_node, client, model)
-    image = prepared.image
-    run = RemoteRun(
-        client,
-        prepared.bundle.name,
-        remote_options(options),
-        files={INPUT_FILE: lambda path: sitk.WriteImage(image, str(path), True)},
-        **run_settings,
-    )
-    running = RemoteSegmentation(logic, prepared, options, output_node, run)
-    run.start()
-    return running
-
-
-def segment_remote(
-    logic: Any,
-    volume_node: Any,
-    server: ServerSettings,
-    model: str = "skullstrip",
-    options: Any = None,
-    progress: ProgressCallback | None = None,
-    output_node: Any = None,
-    **run_settings: Any,
-) -> Any:
-    """Segment ``volume_node`` on ``server`` and return the segmentation node (blocking; console use)."""
-    running = start_remote_segment(logic, volume_node, server, model, options, output_node, **run_settings)
-    running.wait(progress)
-    return running.finish().segmentation_node

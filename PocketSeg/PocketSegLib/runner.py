@@ -202,6 +202,7 @@ class WorkerRun:
                 )
                 for key, value in self.job.items()
             }
+            job["own_folder"] = True  # if Slicer dies mid-run, the worker removes this folder
             job_path = self.work_dir / "job.json"
             job_path.write_text(json.dumps(job, indent=1), encoding="utf-8")
             log = open(self.work_dir / "worker.log", "wb")  # noqa: SIM115 (the child owns it)

@@ -85,7 +85,7 @@ def child_processes(work_dir: Path) -> list[int]:
             command = (entry / "cmdline").read_bytes().decode("utf-8", "replace")
         except OSError:
             continue
-        if "pocketseg_core.server.child" in command and str(work_dir) in command:
+        if "pocketseg_core.worker" in command and str(work_dir) in command:
             found.append(int(entry.name))
     return found
 

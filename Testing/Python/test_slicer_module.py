@@ -564,3 +564,48 @@ def test_worker_stdout_carries_only_events(tmp_path):
     assert completed.returncode == 2
     assert [event["event"] for event in events] == ["started", "error"]
     assert "unknown job kind 'nothing'" in events[1]["message"]
+
+
+def test_worker_whose_events_pipe_broke_stops_and_removes_its_folder(tmp_path, skullstrip_bundle):
+    """A worker whose reader is gone (its end of the events pipe closed: a killed server or Slicer)
+    stops at its next progress report as cancelled, without a BrokenPipeError traceback, and removes
+    the folder of its own job (``"own_folder": true``): nobody else will."""
+    import subprocess
+
+    from PocketSegLib.runner import child_environment
+
+    folder = tmp_path / "job"
+    folder.mkdir()
+    image, _ = make_phantom("MR", size=(48, 56, 44), spacing=(4.0, 4.2, 3.8), seed=6)
+    sitk.WriteImage(image, str(folder / "input.mha"))
+    job = {
+        "kind": "segment",
+        "model": str(skullstrip_bundle),
+        "input": str(folder / "input.mha"),
+        "output": str(folder / "mask.mha"),
+        "options": {"device": "cpu", "tta": True, "overlap": 0.9},  # many windows: a slow job
+        "own_folder": True,
+    }
+    (folder / "job.json").write_text(json.dumps(job), encoding="utf-8")
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pocketseg_core.worker", str(folder / "job.json")],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=child_environment(),
+        )
+    try:
+        for line in process.stdout:  # up to the first report from the windows
+            event = json.loads(line)
+            if event["event"] == "progress" and event["fraction"] > 0:
+                break
+        process.stdout.close()  # the parent's end of the pipe goes; the parent itself lives on
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log = log_path.read_text(encoding="utf-8", errors="replace")
+    assert "BrokenPipeError" not in log and "Traceback" not in log, log[-2000:]
+    assert code == 1  # cancelled (EXIT_USER_ERROR), not finished and not an unexpected error
+    assert not folder.exists()

@@ -1,8 +1,9 @@
 """The PocketSeg Slicer logic segmenting through a PocketSeg server, on real slicer-core.
 
-"Run on: a PocketSeg server": a volume node segmented through ``pocketseg serve`` on loopback
-must give the segmentation a local run gives, voxel for voxel; a cancelled run, a wrong token
-or a server killed mid-job must leave the scene exactly as it was, with a one-sentence error.
+"Run on: a PocketSeg server" (``SegmentOptions(server=ServerSettings(url, token))``): a volume
+node segmented through ``pocketseg serve`` on loopback must give the segmentation a local run
+gives, voxel for voxel; a cancelled run, a wrong token or a server killed mid-job must leave the
+scene exactly as it was, with a one-sentence error.
 """
 
 from __future__ import annotations
@@ -34,18 +35,14 @@ from tiny_bundles import make_phantom  # noqa: E402
 sys.path.insert(0, str(REPO_ROOT / "PocketSeg"))
 
 from PocketSegLib import create_headless_context  # noqa: E402
-from PocketSegLib.logic import PocketSegLogic, SegmentOptions  # noqa: E402
-from PocketSegLib.remote_runner import (  # noqa: E402
-    ServerSettings,
-    segment_remote,
-    start_remote_segment,
-)
+from PocketSegLib.logic import PocketSegLogic, SegmentOptions, ServerModel  # noqa: E402
+from PocketSegLib.remote_runner import RemoteRun, ServerSettings  # noqa: E402
 from PocketSegLib.runner import CANCELLED, FAILED, SUCCEEDED  # noqa: E402
 from PocketSegLib.segmentation import segment_array_on_volume  # noqa: E402
 from PocketSegLib.volume_io import volume_node_from_image  # noqa: E402
 
 from pocketseg_core.bundles import register_bundle  # noqa: E402
-from pocketseg_core.errors import Cancelled  # noqa: E402
+from pocketseg_core.errors import Cancelled, PocketSegError  # noqa: E402
 from pocketseg_core.remote import ServerAuthError, ServerUnreachable  # noqa: E402
 
 
@@ -92,11 +89,10 @@ def test_slicer_segment_through_server_equals_local(context, server: Server, bun
     volume = phantom_volume(context)
     local = logic.segment(volume, bundle_path, SegmentOptions(device="cpu"))
     seen: list[tuple[float, str]] = []
-    remote = segment_remote(
-        logic,
+    remote = logic.segment(
         volume,
-        ServerSettings(server.url, TOKEN),
         MODEL,
+        SegmentOptions(server=ServerSettings(server.url, TOKEN)),
         progress=lambda f, m: seen.append((f, m)) or True,
     )
     assert remote is not local and remote.GetName() == local.GetName() == "Head brain"
@@ -113,11 +109,13 @@ def test_slicer_server_cancel_and_wrong_token_leave_scene_unchanged(context, ser
     logic = PocketSegLogic(context)
     volume = phantom_volume(context)
     before = scene_ids(context)
+    wrong = SegmentOptions(server=ServerSettings(server.url, "wrong-token-0123456789"))
     with pytest.raises(ServerAuthError, match="refused the token"):
-        segment_remote(logic, volume, ServerSettings(server.url, "wrong-token-0123456789"), MODEL)
+        logic.segment(volume, MODEL, wrong)
     assert scene_ids(context) == before
 
-    running = start_remote_segment(logic, volume, ServerSettings(server.url, TOKEN), MODEL)
+    running = logic.start_segment(volume, MODEL, SegmentOptions(server=ServerSettings(server.url, TOKEN)))
+    assert isinstance(running.run, RemoteRun)
     job = running.run.job_id
     running.cancel()
     assert running.status().state == CANCELLED
@@ -125,8 +123,36 @@ def test_slicer_server_cancel_and_wrong_token_leave_scene_unchanged(context, ser
         running.finish()
     assert scene_ids(context) == before
     # the server stopped the job; no job process is left
-    assert server.client().status(job).state == "cancelled"
+    seen = server.client().status(job)
+    assert seen.state == "cancelled" and seen.mask_format == ".mha"  # the local worker's format
     wait_until(lambda: not child_processes(server.work_dir), 15, "the job process to end")
+
+
+def test_slicer_server_prepare_and_start_must_name_the_same_place(
+    context, server: Server, bundle_path: Path
+) -> None:
+    """A run prepared with a server's model config starts only on that server, and the other way
+    round; a server runs only the models it offers by name. Each refusal is one sentence and the
+    scene is left as it was."""
+    logic = PocketSegLogic(context)
+    volume = phantom_volume(context)
+    before = scene_ids(context)
+    settings = ServerSettings(server.url, TOKEN)
+    on_server = logic.prepare(volume, MODEL, settings)
+    assert isinstance(on_server.bundle, ServerModel) and on_server.bundle.name == MODEL
+    assert on_server.config.name == logic.model_config(bundle_path).name
+    assert [d.name for _, d in on_server.labels] == ["Brain"]
+    assert "wrong" not in repr(ServerSettings(server.url, "wrong-token-0123456789"))  # no token in logs
+    with pytest.raises(
+        PocketSegError, match=r"prepared with the models of the server .*SegmentOptions\(server="
+    ):
+        logic.start(on_server, SegmentOptions())
+    local = logic.prepare(volume, bundle_path)
+    with pytest.raises(PocketSegError, match="not prepared for the server"):
+        logic.start(local, SegmentOptions(server=settings))
+    with pytest.raises(PocketSegError, match="runs its own models"):
+        logic.prepare(volume, bundle_path, settings)
+    assert logic.running() == [] and scene_ids(context) == before
 
 
 def test_slicer_server_killed_mid_job_leaves_scene_unchanged(
@@ -139,14 +165,10 @@ def test_slicer_server_killed_mid_job_leaves_scene_unchanged(
     work.mkdir()
     doomed = Server(models_dir, work, None)
     try:
-        running = start_remote_segment(
-            logic,
-            volume,
-            ServerSettings(doomed.url),
-            MODEL,
-            SegmentOptions(tta=True),
-            unreachable_grace_s=0.0,
+        running = logic.start_segment(
+            volume, MODEL, SegmentOptions(tta=True, server=ServerSettings(doomed.url))
         )
+        running.run.unreachable_grace_s = 0.0  # fail at the first unanswered poll, not 10 s later
         assert running.status().state not in (SUCCEEDED, FAILED)
         os.kill(doomed.process.pid, signal.SIGKILL)
         doomed.process.wait()

@@ -102,7 +102,89 @@ def test_ui_names_the_widgets_the_module_uses():
         "Compare",
         "Options",
         "Compare with a reference",
+        "Run on:",
+        "This computer",
+        "A PocketSeg server",
+        "Test connection",
     } <= texts
+
+
+def module_function(name: str) -> ast.FunctionDef:
+    """A method of the module's widget class, by name."""
+    tree = ast.parse((REPO_ROOT / "PocketSeg" / "PocketSeg.py").read_text(encoding="utf-8"))
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "PocketSegWidget")
+    return next(n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == name)
+
+
+def test_ui_server_token_is_a_password_field_kept_out_of_the_scene():
+    """The token is typed into a password field and is no parameter of the scene's parameter node
+    (a saved scene would carry it): Run on, URL and token live in the application settings."""
+    root = ElementTree.parse(UI_FILE).getroot()
+    widgets = {widget.get("name"): widget for widget in root.iter("widget")}
+    token = widgets["serverTokenLineEdit"]
+    echo = {prop.get("name"): prop.findtext("enum") for prop in token.findall("property")}
+    assert echo.get("echoMode") == "QLineEdit::Password"
+    for name in ["runOnComboBox", "serverUrlLineEdit", "serverTokenLineEdit", "rememberTokenCheckBox"]:
+        bound = [p for p in widgets[name].findall("property") if p.get("name") == "SlicerParameterName"]
+        assert not bound, f"{name} is bound to the parameter node, which is saved with the scene"
+    items = [item.findtext("property/string") for item in widgets["runOnComboBox"].findall("item")]
+    assert items == ["This computer", "A PocketSeg server"]  # RUN_ON_COMPUTER, RUN_ON_SERVER
+
+
+def test_module_stores_the_token_only_when_remember_is_ticked():
+    """Every write of the token to the settings sits under ``if rememberTokenCheckBox.checked``, whose
+    ``else`` removes a token stored before; the token is read back only when remember is set."""
+    source = (REPO_ROOT / "PocketSeg" / "PocketSeg.py").read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+    def guarded_by_remember(node: ast.AST) -> bool:
+        while node in parents:
+            parent = parents[node]
+            if isinstance(parent, ast.If) and node in parent.body and "remember" in ast.unparse(parent.test):
+                return True
+            node = parent
+        return False
+
+    token_calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.args
+        and ast.unparse(node.args[0]) == "SETTING_SERVER_TOKEN"
+    ]
+    writes = [c for c in token_calls if c.func.attr == "setValue"]
+    reads = [c for c in token_calls if c.func.attr == "value"]
+    removes = [c for c in token_calls if c.func.attr == "remove"]
+    assert writes and reads and removes
+    assert all(guarded_by_remember(call) for call in writes + reads)
+    assert not any(guarded_by_remember(call) for call in removes)  # in the else branch
+    assert re.search(r'SETTING_SERVER_TOKEN = "PocketSeg/\w+"', source)
+
+
+def test_module_server_choice_disables_device_and_asks_the_server():
+    """ "Test connection" calls the client's health() and lists the server's models(); a server
+    choice disables Device and sends the server in SegmentOptions to prepare and start."""
+    called = {
+        node.func.attr
+        for node in ast.walk(module_function("onTestConnection"))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+    }
+    assert {"health", "models", "populateModels"} <= called
+    update = ast.unparse(module_function("updateRunOn"))
+    assert "self.ui.deviceComboBox.enabled = not onServer" in update
+    segment = ast.unparse(module_function("onSegment"))
+    assert (
+        "server=server" in segment and "self.logic.prepare(parameters.inputVolume, model, server)" in segment
+    )
+    setup = ast.unparse(module_function("setupRunOn"))
+    for widget, handler in [
+        ("runOnComboBox", "onRunOnChanged"),
+        ("testConnectionButton", "onTestConnection"),
+        ("rememberTokenCheckBox", "saveRunOn"),
+    ]:
+        assert re.search(rf"self\.ui\.{widget}\.connect\('[^']+', self\.{handler}\)", setup), widget
 
 
 def test_ui_parameter_bindings_match_the_parameter_node():

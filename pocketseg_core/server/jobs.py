@@ -28,7 +28,8 @@ from pocketseg_core.remote import CANCELLED, FAILED, FINISHED_STATES, QUEUED, RU
 
 logger = logging.getLogger("pocketseg.serve")
 
-CHILD_MODULE = "pocketseg_core.server.child"
+#: the job process: the Slicer modules' worker (job file in, JSON event lines on stdout)
+CHILD_MODULE = "pocketseg_core.worker"
 #: seconds a finished job (and its mask) is kept for its client
 KEEP_FINISHED_S = 3600.0
 #: the last characters of a failed child's log kept for the server's log
@@ -230,6 +231,7 @@ class JobQueue:
             "input": str(job.input_path),
             "output": str(job.mask_path),
             "options": {**job.options, "device": self.device},
+            "own_folder": True,  # a job process orphaned by a killed server removes the folder
         }
         job_file.write_text(json.dumps(spec), encoding="utf-8")
         log_path = job.work_dir / "child.log"

@@ -22,18 +22,15 @@ import SimpleITK as sitk
 
 from benchmarks.speed import FULL_INPUTS, make_phantom
 from pocketseg_core.io import read_image, write_text_atomic
+from pocketseg_core.metrics import dice
 
 PRECISIONS = ("float16", "bfloat16", "tfloat32", "float32")
+#: real images (relative to the sample data folder) and the task each is segmented with
 REAL_IMAGES = (
     ("brain/swiss_atlas_t1.mha", "skullstrip"),
     ("liver/ts_abdomen_ct_small.nii.gz", "liver"),
     ("liver/ts_abdomen_ct_unlabeled.nii.gz", "liver"),
 )
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
 
 
 def images(data_root: Path) -> list[tuple[str, str, sitk.Image]]:

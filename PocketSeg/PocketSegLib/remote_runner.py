@@ -25,7 +25,7 @@ from typing import Any
 from pocketseg_core.errors import Cancelled, PocketSegError
 from pocketseg_core.remote import REQUEST_TIMEOUT_S, RemoteClient, ServerError, ServerUnreachable
 from pocketseg_core.remote import SUCCEEDED as SERVER_SUCCEEDED
-from PocketSegLib.runner import CANCELLED, FAILED, RUNNING, SUCCEEDED, ProgressCallback, RunStatus
+from PocketSegLib.runner import CANCELLED, FAILED, RUNNING, SUCCEEDED, PolledRun, RunStatus
 
 #: seconds between two status requests, however often the GUI polls
 POLL_INTERVAL_S = 0.25
@@ -45,7 +45,7 @@ class ServerSettings:
         return RemoteClient(self.url, self.token or None, timeout)
 
 
-class RemoteRun:
+class RemoteRun(PolledRun):
     """One job on a PocketSeg server, polled like the local runner's run (never runs MRML).
 
     ``files`` are written into the run's temporary folder before the upload (file name ->
@@ -187,22 +187,6 @@ class RemoteRun:
             self._end(CANCELLED, Cancelled(f"{self.name} run cancelled by the user; nothing was changed"))
         else:
             self._end(FAILED, reason)
-
-    def wait(
-        self, progress: ProgressCallback | None = None, timeout: float | None = None, interval: float = 0.05
-    ) -> RunStatus:
-        """Block until the run ends (console use); ``progress`` returning False cancels it."""
-        deadline = None if timeout is None else time.perf_counter() + timeout
-        while True:
-            status = self.status()
-            if status.done:
-                return status
-            if progress is not None and progress(status.fraction, status.message) is False:
-                self.cancel()
-                return self.status()
-            if deadline is not None and time.perf_counter() > deadline:
-                return status
-            time.sleep(interval)
 
     def result(self) -> dict[str, Any]:
         """Device, seconds and messages of the job; raises its error (or ``Cancelled``) otherwise."""

@@ -144,7 +144,34 @@ def error_from_event(event: dict[str, Any]) -> BaseException:
     return WorkerFailed(message or "the worker process failed")
 
 
-class WorkerRun:
+class PolledRun:
+    """What a run polled by a timer shares (a local worker or a server's job): ``wait`` for the
+    console, on top of the subclass's ``status()`` and ``cancel()``."""
+
+    def status(self) -> RunStatus:
+        raise NotImplementedError
+
+    def cancel(self, reason: BaseException | None = None) -> None:
+        raise NotImplementedError
+
+    def wait(
+        self, progress: ProgressCallback | None = None, timeout: float | None = None, interval: float = 0.05
+    ) -> RunStatus:
+        """Block until the run ends (console use); ``progress`` returning False cancels it."""
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        while True:
+            status = self.status()
+            if status.done:
+                return status
+            if progress is not None and progress(status.fraction, status.message) is False:
+                self.cancel()
+                return self.status()
+            if deadline is not None and time.perf_counter() > deadline:
+                return status
+            time.sleep(interval)
+
+
+class WorkerRun(PolledRun):
     """One job in a child process: start, poll without blocking, cancel, read the result.
 
     ``files`` are written into the run's temporary folder before the start: a mapping from file
@@ -371,22 +398,6 @@ class WorkerRun:
             self._fail(Cancelled(f"{self.name} cancelled by the user; nothing was changed"), "", CANCELLED)
         else:
             self._fail(reason, "", FAILED)
-
-    def wait(
-        self, progress: ProgressCallback | None = None, timeout: float | None = None, interval: float = 0.05
-    ) -> RunStatus:
-        """Block until the run ends (console use); ``progress`` returning False cancels it."""
-        deadline = None if timeout is None else time.perf_counter() + timeout
-        while True:
-            status = self.status()
-            if status.done:
-                return status
-            if progress is not None and progress(status.fraction, status.message) is False:
-                self.cancel()
-                return self.status()
-            if deadline is not None and time.perf_counter() > deadline:
-                return status
-            time.sleep(interval)
 
     def take_log(self) -> list[str]:
         """The child's log lines read since the last call."""

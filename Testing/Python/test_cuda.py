@@ -15,10 +15,12 @@ import SimpleITK as sitk
 import torch
 from conftest import shared_file
 
+from benchmarks.precision import REAL_IMAGES
 from benchmarks.speed import FULL_INPUTS, make_phantom
 from pocketseg_core.bundles import load_bundle
 from pocketseg_core.inference import InferenceOptions, segment_image
 from pocketseg_core.io import read_image
+from pocketseg_core.metrics import dice
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -30,18 +32,6 @@ SPEED_OPTIONS = [
     pytest.param({"precision": "float16"}, id="float16"),
     pytest.param({"compile": True}, id="compile"),
 ]
-
-#: real images (relative to the sample data folder) and the task each is segmented with
-REAL_IMAGES = [
-    ("brain/swiss_atlas_t1.mha", "skullstrip"),
-    ("liver/ts_abdomen_ct_small.nii.gz", "liver"),
-    ("liver/ts_abdomen_ct_unlabeled.nii.gz", "liver"),
-]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
 
 
 #: CPU reference masks by image key, computed once for all speed options

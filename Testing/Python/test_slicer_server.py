@@ -102,7 +102,9 @@ def test_slicer_segment_through_server_equals_local(context, server: Server, bun
     local_voxels = segment_array_on_volume(local, "Brain", volume)
     assert np.array_equal(remote_voxels, local_voxels)
     assert 0.02 < remote_voxels.mean() < 0.5
-    assert seen and any(0.0 < f < 1.0 for f, _ in seen)  # progress came from the server's job
+    # progress reached the caller; its fractions in (0, 1) only when a poll falls inside the job,
+    # which a quiet machine may finish between two polls (test_server.py checks the job's progress)
+    assert seen and all(0.0 <= f <= 1.0 for f, _ in seen)
 
 
 def test_slicer_server_cancel_and_wrong_token_leave_scene_unchanged(context, server: Server) -> None:

@@ -38,8 +38,8 @@ from pocketseg_core.errors import GridMismatchError, InputImageError, PocketSegE
 from pocketseg_core.postprocessing import mask_array
 from PocketSegLib import comparison, segmentation, volume_io
 from PocketSegLib.remote_runner import RemoteRun, ServerSettings
-from PocketSegLib.runner import RUNNING, ProgressCallback, RunStatus, WorkerRun
-from PocketSegLib.scene_context import SlicerContext, default_context
+from PocketSegLib.runner import ProgressCallback, WorkerRun
+from PocketSegLib.scene_context import SceneBoundRun, SlicerContext, default_context
 
 #: the two buttons: task alias of the catalog -> what it is for (shown in the GUI)
 TASKS: dict[str, str] = {"skullstrip": "Skull strip (T1 MRI)", "liver": "Segment liver (CT)"}
@@ -434,7 +434,7 @@ class PocketSegLogic:
         return node
 
 
-class BackgroundSegmentation:
+class BackgroundSegmentation(SceneBoundRun):
     """A segmentation running in a child process or on a server (see :meth:`PocketSegLogic.start`).
 
     ``status()`` never blocks; it also ends the run, with a clear message, when the input
@@ -454,24 +454,8 @@ class BackgroundSegmentation:
         self.logic, self.prepared, self.options, self.output_node = logic, prepared, options, output_node
         self.run, self.replace_segments = run, replace_segments
         self.mask: sitk.Image | None = None
-        self._observer: int | None = None
 
-    # --- the scene while the run is on -------------------------------------------------------
-
-    def watch_scene(self) -> None:
-        """Cancel the run when the scene starts closing (File > Close scene, scene.Clear())."""
-        import slicer
-
-        scene = self.logic.context.scene
-        self._observer = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._on_scene_close)
-
-    def _on_scene_close(self, caller: Any = None, event: Any = None) -> None:
-        self.cancel()
-
-    def _unwatch_scene(self) -> None:
-        if self._observer is not None:
-            self.logic.context.scene.RemoveObserver(self._observer)
-            self._observer = None
+    # --- the scene while the run is on (watch_scene, status, cancel, wait: SceneBoundRun) --------
 
     def missing_node_error(self) -> PocketSegError | None:
         """A clear error when the input or output node has left the scene, else None."""
@@ -498,27 +482,6 @@ class BackgroundSegmentation:
             return
         mask = sitk.ReadImage(str(run.path(MASK_FILE)))
         self.mask = mask_on_input_grid(mask, self.prepared.image)
-
-    def status(self) -> RunStatus:
-        if self.run.status().state == RUNNING:
-            error = self.missing_node_error()
-            if error is not None:
-                self.run.cancel(reason=error)
-        return self.run.status()
-
-    def cancel(self) -> None:
-        self.run.cancel()
-        self._unwatch_scene()
-
-    def wait(self, progress: ProgressCallback | None = None, timeout: float | None = None) -> RunStatus:
-        """Block until the run ends (console use); ``progress`` returning False cancels it."""
-
-        def watching(fraction: float, message: str) -> bool:
-            if self.status().done:
-                return True
-            return True if progress is None else progress(fraction, message) is not False
-
-        return self.run.wait(watching, timeout)
 
     def finish(self) -> SegmentOutcome:
         """Main thread, once ``status().done``: apply the result, or raise the run's error/``Cancelled``."""

@@ -113,14 +113,7 @@ class RemoteRun(PolledRun):
         ):
             self._last_poll = now
             self._poll(now)
-        end = self._ended if self._ended is not None else time.perf_counter()
-        return RunStatus(
-            self._state,
-            self._fraction,
-            self._message,
-            end - self._started if self._started else 0.0,
-            self._error,
-        )
+        return self._snapshot()
 
     def _poll(self, now: float) -> None:
         try:

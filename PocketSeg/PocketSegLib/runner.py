@@ -154,6 +154,19 @@ class PolledRun:
     def cancel(self, reason: BaseException | None = None) -> None:
         raise NotImplementedError
 
+    def _snapshot(self, details: str = "") -> RunStatus:
+        """The run's state as a ``RunStatus``, from the fields every subclass keeps (``_state``,
+        ``_fraction``, ``_message``, ``_error``, and ``_started`` / ``_ended`` perf-counter times)."""
+        end = self._ended if self._ended is not None else time.perf_counter()
+        return RunStatus(
+            self._state,
+            self._fraction,
+            self._message,
+            end - self._started if self._started else 0.0,
+            self._error,
+            details,
+        )
+
     def wait(
         self, progress: ProgressCallback | None = None, timeout: float | None = None, interval: float = 0.05
     ) -> RunStatus:
@@ -336,15 +349,7 @@ class WorkerRun(PolledRun):
                     self._handle_line(self._buffer.decode("utf-8", errors="replace").strip())
                     self._buffer = b""
                 self._end_with_exit_code(code)
-        end = self._ended if self._ended is not None else time.perf_counter()
-        return RunStatus(
-            self._state,
-            self._fraction,
-            self._message,
-            end - self._started if self._started else 0.0,
-            self._error,
-            self._details,
-        )
+        return self._snapshot(self._details)
 
     def _end_with_exit_code(self, code: int) -> None:
         if code == 0 and self._result is not None:

@@ -88,3 +88,56 @@ def create_headless_context() -> SlicerContext:
         volumes_logic=volumes,
         keep_alive=[app_logic, colors, subject_hierarchy, tables],
     )
+
+
+class SceneBoundRun:
+    """A background run started from the scene (a segmentation or a training), for the logics'
+    ``Background*`` classes: cancelled when the scene closes, ended with the subclass's clear
+    message (:meth:`missing_node_error`) when a node it reads or writes leaves the scene.
+
+    Subclasses set ``self.logic`` (whose ``context.scene`` is watched) and ``self.run`` (a
+    ``WorkerRun`` or ``RemoteRun``).
+    """
+
+    logic: Any
+    run: Any
+    _observer: int | None = None
+
+    def watch_scene(self) -> None:
+        """Cancel the run when the scene starts closing (File > Close scene, scene.Clear())."""
+        scene = self.logic.context.scene
+        self._observer = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._on_scene_close)
+
+    def _on_scene_close(self, caller: Any = None, event: Any = None) -> None:
+        self.cancel()
+
+    def _unwatch_scene(self) -> None:
+        if self._observer is not None:
+            self.logic.context.scene.RemoveObserver(self._observer)
+            self._observer = None
+
+    def missing_node_error(self) -> Exception | None:
+        """A clear error when a node of the run has left the scene, else None."""
+        raise NotImplementedError
+
+    def status(self) -> Any:
+        """The run's ``RunStatus``; ends it first when :meth:`missing_node_error` finds a node gone."""
+        if not self.run.status().done:
+            error = self.missing_node_error()
+            if error is not None:
+                self.run.cancel(reason=error)
+        return self.run.status()
+
+    def cancel(self) -> None:
+        self.run.cancel()
+        self._unwatch_scene()
+
+    def wait(self, progress: Any = None, timeout: float | None = None) -> Any:
+        """Block until the run ends (console use); ``progress`` returning False cancels it."""
+
+        def watching(fraction: float, message: str) -> bool:
+            if self.status().done:
+                return True
+            return True if progress is None else progress(fraction, message) is not False
+
+        return self.run.wait(watching, timeout)

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PocketSegLib.runner import RUNNING, ProgressCallback, RunStatus, WorkerRun
-from PocketSegLib.scene_context import SlicerContext, default_context
+from PocketSegLib.runner import ProgressCallback, WorkerRun
+from PocketSegLib.scene_context import SceneBoundRun, SlicerContext, default_context
 
 from pocketseg_core.devices import device_name
 from pocketseg_core.errors import PocketSegError
@@ -318,7 +318,7 @@ class PocketSegTrainLogic:
         return training.finish()
 
 
-class BackgroundTraining:
+class BackgroundTraining(SceneBoundRun):
     """A training run in a child process, with its epoch log (see :meth:`PocketSegTrainLogic.start`).
 
     Cancelled when the scene closes; ``finish()`` applies the result on the main thread.
@@ -326,19 +326,7 @@ class BackgroundTraining:
 
     def __init__(self, logic: PocketSegTrainLogic, prepared: PreparedTraining, run: WorkerRun) -> None:
         self.logic, self.prepared, self.run = logic, prepared, run
-        self._observer: int | None = None
         run.on_finish(lambda _run: self._unwatch_scene())
-
-    def watch_scene(self) -> None:
-        import slicer
-
-        scene = self.logic.context.scene
-        self._observer = scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, lambda *_: self.cancel())
-
-    def _unwatch_scene(self) -> None:
-        if self._observer is not None:
-            self.logic.context.scene.RemoveObserver(self._observer)
-            self._observer = None
 
     def missing_node_error(self) -> PocketSegError | None:
         """A clear error when a case's volume or segmentation has left the scene, else None."""
@@ -355,27 +343,6 @@ class BackgroundTraining:
     def take_log(self) -> list[str]:
         """The epoch lines logged since the last call."""
         return self.run.take_log()
-
-    def status(self) -> RunStatus:
-        if self.run.status().state == RUNNING:
-            error = self.missing_node_error()
-            if error is not None:
-                self.run.cancel(reason=error)
-        return self.run.status()
-
-    def cancel(self) -> None:
-        self.run.cancel()
-        self._unwatch_scene()
-
-    def wait(self, progress: ProgressCallback | None = None, timeout: float | None = None) -> RunStatus:
-        """Block until the run ends (console use); ``progress`` returning False cancels it."""
-
-        def watching(fraction: float, message: str) -> bool:
-            if self.status().done:
-                return True
-            return True if progress is None else progress(fraction, message) is not False
-
-        return self.run.wait(watching, timeout)
 
     def finish(self) -> TrainingResult:
         """Main thread, once ``status().done``: apply the result, or raise the run's error/``Cancelled``."""

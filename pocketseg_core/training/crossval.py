@@ -58,7 +58,7 @@ from pocketseg_core.training.report import (
     write_summary,
 )
 from pocketseg_core.training.runlock import locked_run
-from pocketseg_core.training.sampling import TrainingVolume, prepare_volume, round_up_to_divisor
+from pocketseg_core.training.sampling import TrainingVolume, prepare_volume
 from pocketseg_core.training.trainer import Trainer, TrainerHooks
 
 logger = logging.getLogger(__name__)
@@ -361,9 +361,7 @@ def _train_fold(
     torch.manual_seed(_epoch_seed(config.seed, fold, 0, 0))  # same initial weights on every rank
     network_args = config.network_arguments()
     model = create_network(config.network, **network_args).to(device)
-    divisor = tuple(int(d) for d in getattr(model, "spatial_divisor", (1, 1, 1)))
     if config.window_mode == "slice2d":
-        divisor = (1, *divisor[-2:])
         if config.patch_size_zyx[0] != 1:
             raise PocketSegError("slice2d training needs patch_size_zyx[0] == 1 (one slice per patch)")
     if device.type == "cuda":
@@ -379,21 +377,13 @@ def _train_fold(
         fold, config, run_dir, fold_dir, validation_volumes, int(network_args["num_classes"]),
         ctx, progress, progress_span, bar, writer,
     )  # fmt: skip
-    trainer = Trainer(
+    trainer = Trainer.from_config(
         model,
         train_volumes,
-        patch_zyx=round_up_to_divisor(tuple(config.patch_size_zyx), divisor),
-        batch_size=config.batch_size,
-        foreground_fraction=config.foreground_fraction,
-        slices_2d=config.window_mode == "slice2d",
-        loss=config.loss,
-        optimizer=config.optimizer,
-        scheduler=config.scheduler,
-        augmentation=config.augmentation,
+        config,
         total_steps=steps_total,
         seed=_epoch_seed(config.seed, fold, 1, ctx.rank),
         device=device,
-        amp=config.amp,
         hooks=hooks,
         name=f"fold {fold}",
     )

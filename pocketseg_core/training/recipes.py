@@ -43,7 +43,7 @@ from pocketseg_core.errors import Cancelled, PocketSegError
 from pocketseg_core.training.checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint
 from pocketseg_core.training.presets import TrainingConfig
 from pocketseg_core.training.report import write_csv
-from pocketseg_core.training.sampling import TrainingVolume, prepare_volume, round_up_to_divisor
+from pocketseg_core.training.sampling import TrainingVolume, prepare_volume
 from pocketseg_core.training.synthesis import synthesize_head
 from pocketseg_core.training.trainer import Trainer, TrainerHooks, machine_description
 
@@ -364,9 +364,6 @@ def train_stage(
     network = create_network(stage.network, **stage.network_arguments()).to(device)
     if previous_state is not None:  # warm start: new optimiser, new learning-rate cycle
         network.load_state_dict(previous_state)
-    divisor = tuple(int(d) for d in getattr(network, "spatial_divisor", (1, 1, 1)))
-    if stage.window_mode == "slice2d":
-        divisor = (1, *divisor[-2:])
     total_steps = stage.epochs * stage.steps_per_epoch
     stage_dir.mkdir(parents=True, exist_ok=True)
     files = source_files(stage, held_out)
@@ -410,21 +407,13 @@ def train_stage(
     hooks = _StageHooks(
         stage_dir, save_model, progress, label, stage.epochs, stage.steps_per_epoch, stop_after_steps
     )
-    trainer = Trainer(
+    trainer = Trainer.from_config(
         network,
         volumes,
-        patch_zyx=round_up_to_divisor(tuple(stage.patch_size_zyx), divisor),
-        batch_size=stage.batch_size,
-        foreground_fraction=stage.foreground_fraction,
-        slices_2d=stage.window_mode == "slice2d",
-        loss=stage.loss,
-        optimizer=stage.optimizer,
-        scheduler=stage.scheduler,
-        augmentation=stage.augmentation,
+        stage,
         total_steps=total_steps,
         seed=stage.seed,
         device=device,
-        amp=stage.amp,
         hooks=hooks,
         name=label,
     )

@@ -29,10 +29,11 @@ import torch
 
 from pocketseg_core.devices import amp_dtype
 from pocketseg_core.errors import PocketSegError
+from pocketseg_core.inference.network import window_divisor
 from pocketseg_core.training.augment import build_augmentation
 from pocketseg_core.training.losses import create_loss
 from pocketseg_core.training.presets import LearningRateSchedule, create_optimizer
-from pocketseg_core.training.sampling import TrainingVolume, sample_batch
+from pocketseg_core.training.sampling import TrainingVolume, round_up_to_divisor, sample_batch
 
 
 class TrainerHooks:
@@ -93,6 +94,42 @@ class Trainer:
             ``network``); default ``network``.
         name: names the run in error messages ("fold 2", "liver/all").
     """
+
+    @classmethod
+    def from_config(
+        cls,
+        network: torch.nn.Module,
+        volumes: Sequence[TrainingVolume],
+        config: Any,
+        *,
+        total_steps: int,
+        seed: int,
+        device: torch.device,
+        hooks: TrainerHooks | None = None,
+        name: str = "training",
+    ) -> Trainer:
+        """A trainer with the sampling, loss, optimiser, schedule, augmentation and precision of
+        ``config`` (a ``TrainingConfig`` or one of its stages), its patches rounded up to a size
+        the network divides (the same divisor as inference's windows)."""
+        divisor = window_divisor(network, config.window_mode)
+        return cls(
+            network,
+            volumes,
+            patch_zyx=round_up_to_divisor(tuple(config.patch_size_zyx), divisor),
+            batch_size=config.batch_size,
+            foreground_fraction=config.foreground_fraction,
+            slices_2d=config.window_mode == "slice2d",
+            loss=config.loss,
+            optimizer=config.optimizer,
+            scheduler=config.scheduler,
+            augmentation=config.augmentation,
+            total_steps=total_steps,
+            seed=seed,
+            device=device,
+            amp=config.amp,
+            hooks=hooks,
+            name=name,
+        )
 
     def __init__(
         self,

@@ -9,9 +9,11 @@ checked before the (long) run, so a failure or a cancel leaves no partial file b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -277,19 +279,13 @@ def _is_dicom_folder(folder: Path) -> bool:
         return False
 
 
-def predict_one(job: PredictJob, bundle: ModelBundle, options, show_progress: bool = True, network=None):
-    """Segment one image and write its outputs; returns the network (to reuse it)."""
+@contextlib.contextmanager
+def progress_bar(name: str, show: bool) -> Iterator[Callable[[float, str], bool]]:
+    """A percent bar on stderr with the current stage, and the progress callback that moves it
+    (tqdm is imported here: only a command-line run shows one)."""
     from tqdm import tqdm
 
-    from pocketseg_core.inference import resolve_device, segment_image
-
-    started = time.perf_counter()
-    image = read_image(job.input)
-    if network is None:
-        network = bundle.build_network(resolve_device(options.device))
-    bar = tqdm(
-        total=100, desc=job.input.name, unit="%", disable=not show_progress, file=sys.stderr, leave=False
-    )
+    bar = tqdm(total=100, desc=name, unit="%", disable=not show, file=sys.stderr, leave=False)
 
     def progress(fraction: float, message: str) -> bool:
         bar.n = int(round(100 * fraction))
@@ -297,9 +293,21 @@ def predict_one(job: PredictJob, bundle: ModelBundle, options, show_progress: bo
         return True
 
     try:
-        result = segment_image(image, bundle, options, progress, network=network)
+        yield progress
     finally:
         bar.close()
+
+
+def predict_one(job: PredictJob, bundle: ModelBundle, options, show_progress: bool = True, network=None):
+    """Segment one image and write its outputs; returns the network (to reuse it)."""
+    from pocketseg_core.inference import resolve_device, segment_image
+
+    started = time.perf_counter()
+    image = read_image(job.input)
+    if network is None:
+        network = bundle.build_network(resolve_device(options.device))
+    with progress_bar(job.input.name, show_progress) as progress:
+        result = segment_image(image, bundle, options, progress, network=network)
     # all or nothing, and a failure never costs the user an earlier file of the same name
     with StagedOutputs() as outputs:
         if job.masked_volume is not None:

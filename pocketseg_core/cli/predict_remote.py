@@ -63,7 +63,7 @@ def segment_remotely(
     client: RemoteClient, job, info: dict, options: dict, show_progress: bool = True
 ) -> None:
     """Upload one input, follow the job, write its outputs (all of them or none)."""
-    from tqdm import tqdm
+    from pocketseg_core.cli.predict import progress_bar
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pocketseg-remote-") as scratch:
@@ -74,21 +74,10 @@ def segment_remotely(
         else:
             read_image(upload)  # refuse an unreadable input here, with the local path in the message
         extension = upload_extension(upload)
-        bar = tqdm(
-            total=100, desc=job.input.name, unit="%", disable=not show_progress, file=sys.stderr, leave=False
-        )
-
-        def progress(fraction: float, message: str) -> bool:
-            bar.n = int(round(100 * fraction))
-            bar.set_postfix_str(message, refresh=True)
-            return True
-
-        try:
+        with progress_bar(job.input.name, show_progress) as progress:
             status = client.segment_file(
                 upload, Path(scratch) / f"mask{extension}", info["name"], options, progress
             )
-        finally:
-            bar.close()
         downloaded = Path(scratch) / f"mask{extension}"
         mask = sitk.ReadImage(str(downloaded))
         written: list[Path] = []

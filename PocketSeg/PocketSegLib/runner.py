@@ -154,6 +154,11 @@ class PolledRun:
     def cancel(self, reason: BaseException | None = None) -> None:
         raise NotImplementedError
 
+    def take_progress(self, status: RunStatus) -> list[tuple[float, str]]:
+        """The progress reports (fraction, message) since the last call, oldest first, for
+        :meth:`wait`; by default the latest one while the run is on."""
+        return [] if status.done else [(status.fraction, status.message)]
+
     def _snapshot(self, details: str = "") -> RunStatus:
         """The run's state as a ``RunStatus``, from the fields every subclass keeps (``_state``,
         ``_fraction``, ``_message``, ``_error``, and ``_started`` / ``_ended`` perf-counter times)."""
@@ -174,11 +179,13 @@ class PolledRun:
         deadline = None if timeout is None else time.perf_counter() + timeout
         while True:
             status = self.status()
+            if progress is not None:
+                for fraction, message in self.take_progress(status):
+                    if progress(fraction, message) is False and not status.done:
+                        self.cancel()
+                        return self.status()
             if status.done:
                 return status
-            if progress is not None and progress(status.fraction, status.message) is False:
-                self.cancel()
-                return self.status()
             if deadline is not None and time.perf_counter() > deadline:
                 return status
             time.sleep(interval)
@@ -211,6 +218,9 @@ class WorkerRun(PolledRun):
         self._state = RUNNING
         self._fraction = 0.0
         self._message = "starting"
+        #: every progress event since the last take_progress(): a short job can send all of them
+        #: between two polls, and the console's wait() should still pass each one on
+        self._progress_reports: list[tuple[float, str]] = []
         self._started = 0.0
         self._ended: float | None = None
         self._result: dict[str, Any] | None = None
@@ -310,6 +320,7 @@ class WorkerRun(PolledRun):
             self._fraction = min(max(float(event.get("fraction", 0.0)), 0.0), 1.0)
             if self._state == RUNNING:
                 self._message = str(event.get("message", ""))
+                self._progress_reports.append((self._fraction, self._message))
         elif kind == "log":
             message = str(event.get("message", ""))
             self._lines.append(message)
@@ -350,6 +361,10 @@ class WorkerRun(PolledRun):
                     self._buffer = b""
                 self._end_with_exit_code(code)
         return self._snapshot(self._details)
+
+    def take_progress(self, status: RunStatus) -> list[tuple[float, str]]:
+        reports, self._progress_reports = self._progress_reports, []
+        return reports or super().take_progress(status)
 
     def _end_with_exit_code(self, code: int) -> None:
         if code == 0 and self._result is not None:

@@ -138,6 +138,10 @@ def test_model_bundle_carries_the_recipe_and_its_stages(data_root, tmp_path):
     assert (first["stage"], first["seed"], len(first["history"])) == ("first", 4, 2)
     assert first["held_out"] == ["c0"] and "case0.nii.gz" not in first["files"]
     assert first["files"][-1] == "stripped.nii.gz"
+    # what bit-for-bit reproduction depends on: torch, threads, the CPU's instruction set
+    machine = second["machine"]
+    assert machine["torch"] == torch.__version__ and machine["torch_threads"] == torch.get_num_threads()
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and machine["cpu_model"]
     log = (tmp_path / "run" / "loo_c0" / "first" / "log.csv").read_text(encoding="utf-8").splitlines()
     assert log[0] == "epoch,train_loss,lr,seconds" and len(log) == 3
 

@@ -60,11 +60,27 @@ class TrainerHooks:
         return None
 
 
+def _cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_description(device: torch.device) -> dict[str, Any]:
     """Where a model was trained (stored in the bundle's ``training`` record)."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        # The float-sum order of the CPU kernels depends on the instruction set oneDNN and ATen
+        # pick (AVX2, AVX-512 ...): bit-for-bit reproduction needs the same CPU capability.
+        "cpu_model": _cpu_model_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

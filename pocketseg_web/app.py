@@ -265,13 +265,19 @@ class PocketSegWebApp(TrameApp):
     # --- results ----------------------------------------------------------------------------------
 
     def download_mask(self) -> Any:
-        with tempfile.TemporaryDirectory() as folder:
-            path = self.workspace.mask_file(Path(folder))
-            return self.server.protocol.addAttachment(path.read_bytes())
+        return self._download(self.workspace.mask_file)
 
     def download_segmentation(self) -> Any:
+        return self._download(self.workspace.segmentation_file)
+
+    def _download(self, write: Any) -> Any:
+        """The bytes of the file ``write(folder)`` makes, for the browser (None, and a message, on error)."""
         with tempfile.TemporaryDirectory() as folder:
-            path = self.workspace.segmentation_file(Path(folder))
+            try:
+                path = write(Path(folder))
+            except PocketSegError as error:
+                self._say(error=f"Download: {error}")
+                return None
             return self.server.protocol.addAttachment(path.read_bytes())
 
     async def on_reference_chunk(self, files: list[dict]) -> None:
@@ -381,10 +387,10 @@ class PocketSegWebApp(TrameApp):
                 html.Div(
                     "{{ ps_result }}", v_if=("ps_has_result",), classes="text-body-2 my-1", id="ps-result"
                 )
-                html.Div("3. Download", classes="text-caption mt-3")
+                html.Div("3. Download (edits included)", classes="text-caption mt-3")
                 with html.Div(classes="d-flex flex-column ga-1 my-1"):
                     v3.VBtn(
-                        "Mask ({{ ps_mask_name }})",
+                        "Mask",
                         id="ps-download-mask",
                         disabled=("!ps_has_result || ps_running",),
                         prepend_icon="mdi-download",
@@ -392,12 +398,17 @@ class PocketSegWebApp(TrameApp):
                         click=f"utils.download(ps_mask_name, trigger('{mask_trigger}'), 'application/octet-stream')",
                     )
                     v3.VBtn(
-                        "Segmentation (.seg.nrrd)",
+                        "Segmentation",
                         id="ps-download-seg",
                         disabled=("!ps_has_result || ps_running",),
                         prepend_icon="mdi-download",
                         variant="tonal",
                         click=f"utils.download(ps_seg_name, trigger('{seg_trigger}'), 'application/octet-stream')",
+                    )
+                    html.Div(
+                        "{{ ps_mask_name }} (on the input's grid), {{ ps_seg_name }}",
+                        v_if=("ps_has_result",),
+                        classes="text-caption text-medium-emphasis",
                     )
                 html.Div("4. Compare with a reference mask", classes="text-caption mt-3")
                 v3.VFileInput(

@@ -39,7 +39,7 @@ from trame_slicer.app.ui import (
 from trame_slicer.core import SlicerApp
 from trame_slicer.rca_view import register_rca_factories
 
-from pocketseg_core.errors import Cancelled, PocketSegError
+from pocketseg_core.errors import Cancelled, InputImageError, PocketSegError
 from pocketseg_web.workspace import DEFAULT_MAX_UPLOAD_MB, Workspace, metric_rows
 
 #: how often the page reads a run's progress (s)
@@ -75,19 +75,38 @@ def token_middleware(token: str) -> Any:
 
 
 class UploadCollector:
-    """Collects the chunks trame-slicer's ``load_files_by_chunks`` sends, then hands them over."""
+    """Collects the chunks trame-slicer's ``load_files_by_chunks`` sends, then hands them over.
 
-    def __init__(self) -> None:
+    Holds at most ``max_bytes``: past that, what came is dropped and the rest of the upload is
+    ignored (the page checks the size first; this guards against a client that does not).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
         self.files: list[tuple[str, bytes]] = []
+        self.size = 0
+        self.refused = False
 
     def add(self, files: list[dict]) -> list[tuple[str, bytes]] | None:
-        """Add one chunk; an empty chunk ends the upload and returns everything received."""
+        """Add one chunk; an empty chunk ends the upload and returns everything received
+        (:class:`InputImageError` when it was over the limit)."""
         if files:
             for file in files:
                 client_file = ClientFile(file)
-                self.files.append((client_file.name, client_file.content or b""))
+                content = client_file.content or b""
+                self.size += len(content)
+                if self.size > self.max_bytes:
+                    self.files, self.refused = [], True
+                if not self.refused:
+                    self.files.append((client_file.name, content))
             return None
-        received, self.files = self.files, []
+        received, size, refused = self.files, self.size, self.refused
+        self.files, self.size, self.refused = [], 0, False
+        if refused:
+            raise InputImageError(
+                f"the upload has over {size / 1e6:.0f} MB, over the {self.max_bytes / 1e6:.0f} MB limit "
+                "(pocketseg web --max-upload-mb)"
+            )
         return received
 
 
@@ -120,7 +139,8 @@ class PocketSegWebApp(TrameApp):
         self.layout_logic = LayoutButtonLogic(self.server, self.slicer_app)
         self.editor_logic = SegmentEditorLogic(self.server, self.slicer_app)
         self.layout_logic.data.current_layout_id = DEFAULT_LAYOUT
-        self.volume_upload, self.reference_upload = UploadCollector(), UploadCollector()
+        limit = int(self.max_upload_mb * 1e6)
+        self.volume_upload, self.reference_upload = UploadCollector(limit), UploadCollector(limit)
         self.watch_task: asyncio.Task | None = None
         self._reset_state()
         self._build_ui()
@@ -162,12 +182,12 @@ class PocketSegWebApp(TrameApp):
         self._show(self.workspace.open_image(path))
 
     async def on_volume_chunk(self, files: list[dict]) -> None:
-        received = self.volume_upload.add(files)
-        if received is None:
-            return
         started = time.perf_counter()
         try:
-            opened = self.workspace.open_upload(received, int(self.max_upload_mb * 1e6))
+            received = self.volume_upload.add(files)
+            if received is None:
+                return
+            opened = self.workspace.open_upload(received, self.volume_upload.max_bytes)
         except PocketSegError as error:
             self._say(error=str(error))
             return
@@ -245,6 +265,8 @@ class PocketSegWebApp(TrameApp):
         editor.set_active_segment_id(node.GetSegmentation().GetSegmentIdBySegmentName(workspace.segment_name))
         if self.state.ps_show_3d:
             editor.set_surface_representation_enabled(True)
+            for view in self.slicer_app.view_manager.get_threed_views():
+                view.reset_view()  # the camera onto the surface (nothing was shown in 3D before)
         mask = workspace.mask_image()
         voxels = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
         millilitres = voxels * float(np.prod(mask.GetSpacing())) / 1000.0
@@ -281,7 +303,11 @@ class PocketSegWebApp(TrameApp):
             return self.server.protocol.addAttachment(path.read_bytes())
 
     async def on_reference_chunk(self, files: list[dict]) -> None:
-        received = self.reference_upload.add(files)
+        try:
+            received = self.reference_upload.add(files)
+        except PocketSegError as error:
+            self._say(error=f"Compare: {error}")
+            return
         if received is None:
             return
         if len(received) != 1:

@@ -225,6 +225,10 @@ def test_web_skull_strip_cancel_compare_erase_undo_and_download_equal_the_cli(
         # a run, then Cancel while it is on: the page answers during the run; nothing is added
         page.page.click("#ps-skullstrip")
         page.page.wait_for_selector("#ps-cancel")
+        # the worker's progress reaches the page while the run is on ("checking the image (1 s)")
+        page.page.wait_for_function(
+            "/\\(\\d+ s\\)$/.test(document.querySelector('#ps-message').textContent.trim())"
+        )
         started = time.perf_counter()
         page.page.click("#ps-cancel")
         page.page.wait_for_function("document.querySelector('#ps-message').textContent.includes('Cancelled')")
@@ -396,3 +400,17 @@ def test_web_command_says_what_is_wrong_with_its_options(arguments: list[str], m
     )
     assert answer.returncode == 1
     assert message in answer.stderr and "Traceback" not in answer.stderr
+
+
+def test_web_upload_over_the_limit_is_dropped_as_it_comes():
+    from pocketseg_core.errors import InputImageError
+    from pocketseg_web.app import UploadCollector
+
+    upload = UploadCollector(max_bytes=10)
+    assert upload.add([{"name": "a.nii.gz", "content": b"x" * 6}]) is None
+    assert upload.add([{"name": "b.nii.gz", "content": b"y" * 6}]) is None  # 12 bytes: dropped
+    assert upload.files == []
+    with pytest.raises(InputImageError, match="over the 0 MB limit"):
+        upload.add([])  # the end of that upload
+    assert upload.add([{"name": "c.nii.gz", "content": [b"z", b"z"]}]) is None  # the next one is fresh
+    assert upload.add([]) == [("c.nii.gz", b"zz")]

@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -107,11 +108,11 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def cli_mask(image: Path, output: Path) -> sitk.Image:
-    """``pocketseg predict --task skullstrip`` on the same file, in its own process."""
+def cli_mask(image: Path, output: Path, task: str = "skullstrip") -> sitk.Image:
+    """``pocketseg predict --task TASK`` on the same file (or DICOM folder), in its own process."""
     subprocess.run(
         [sys.executable, "-m", "pocketseg_core", "predict", "--input", str(image), "--output", str(output)]
-        + ["--task", "skullstrip"],
+        + ["--task", task],
         env=child_env(),
         check=True,
         capture_output=True,
@@ -347,6 +348,35 @@ def test_web_left_handed_input_keeps_its_geometry(browser, shared_data: Path, tm
         twin_mask = sitk.GetArrayFromImage(cli_mask(twin_path, tmp_path / "cli_twin.nii.gz"))
         dice = 2 * np.logical_and(back, twin_mask).sum() / (back.sum() + twin_mask.sum())
         assert dice > 0.98, f"the left-handed file's mask is not on the twin's anatomy (Dice {dice:.3f})"
+    finally:
+        if page is not None:
+            page.close()
+        stop(process)
+
+
+def test_web_liver_of_a_zipped_dicom_series_equals_the_cli(
+    browser, shared_data: Path, tmp_path: Path, shots: Path
+):
+    series = shared_file(shared_data, "liver/ts_abdomen_ct_dicom")
+    archive = tmp_path / "abdomen_ct.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as handle:
+        for path in sorted(series.iterdir()):
+            handle.write(path, f"abdomen_ct/{path.name}")
+    process, port = start_web(tmp_path)
+    page = None
+    try:
+        page = Page(browser, port, shots)
+        page.upload("#ps-open", archive)
+        page.page.wait_for_function(
+            "document.querySelector('#ps-volume-name').textContent.includes('abdomen_ct')"
+        )
+        page.page.click("#ps-liver")
+        page.page.wait_for_selector("#ps-result", timeout=RUN_TIMEOUT_S * 1000)
+        assert "Liver:" in page.text("#ps-result")
+        mask_path = page.download("#ps-download-mask", tmp_path / "download")
+        assert mask_path.name == "abdomen_ct_liver.nrrd"
+        expected = cli_mask(series, tmp_path / "cli_liver.nrrd", task="liver")
+        assert_same_grid_and_voxels(sitk.ReadImage(str(mask_path)), expected)
     finally:
         if page is not None:
             page.close()

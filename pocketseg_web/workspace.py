@@ -124,6 +124,7 @@ class Workspace:
         stem = Path(strip_image_extension(name)).name or "volume"
         self.close()
         node = volume_io.volume_node_from_image(self.context.scene, image, stem)
+        # its subject-hierarchy item, as Slicer's loaders make one: the results are placed beside it
         segmentation.place_next_to(self.context, node, node)
         self.image = OpenedImage(node, stem, mask_extension(name))
         return self.image

@@ -1,11 +1,12 @@
-# The two commands of the README:
+# The commands of the README:
 #   make demo   set up .venv (pinned) and run the main job
 #   make test   set up .venv if needed and run the whole test suite
+#   make web    set up .venv if needed and serve the web page on http://127.0.0.1:8766
 VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.pocketseg-installed
 
-.PHONY: setup demo test lint benchmark
+.PHONY: setup demo test web lint benchmark
 setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
@@ -20,6 +21,9 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest -q
+
+web: setup
+	$(VENV)/bin/pocketseg web
 
 # Speed and memory side by side with the peers (MONAI is a benchmark-only extra); see docs/speed.md
 benchmark: setup

@@ -14,7 +14,15 @@ DEVELOPMENT_CONTEXT = re.compile(
     r"\bthe issue\b|issue's|\.\./shared|shared/notes|\bsessions?\b|/work/", re.IGNORECASE
 )
 
-SHIPPED = ["pocketseg_core", "PocketSeg", "PocketSegTrain", "docs", "Resources/Models", "README.md"]
+SHIPPED = [
+    "pocketseg_core",
+    "pocketseg_web",
+    "PocketSeg",
+    "PocketSegTrain",
+    "docs",
+    "Resources/Models",
+    "README.md",
+]
 
 
 def test_shipped_files_carry_no_development_context():

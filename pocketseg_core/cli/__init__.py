@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "demo": "demo",
     "serve": "serve",
+    "web": "web",
 }
 
 

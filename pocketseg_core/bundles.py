@@ -596,8 +596,9 @@ def resolve_bundle(name_or_path: str | os.PathLike) -> Path:
     text = str(name_or_path)
     entries = list_bundles()
     # A name is explicit: the user's bundle of that name wins. A task alias (the one-click
-    # buttons) means the shipped model; a user's model of the task serves only when none is
-    # shipped, so training a model never silently changes what the buttons do.
+    # buttons) means the task's first shipped model (its default; the task's other shipped models
+    # are chosen by name); a user's model of the task serves only when none is shipped, so
+    # training a model never silently changes what the buttons do.
     for entry in reversed(entries):
         if entry.name == text:
             return entry.path

@@ -2,9 +2,13 @@
 
     .venv/bin/python scripts/evaluate_shipped_models.py            # both tasks, CPU
     .venv/bin/python scripts/evaluate_shipped_models.py --task skullstrip --device cuda
+    .venv/bin/python scripts/evaluate_shipped_models.py --task lvnet-liver   # a second liver model
+
+``--task`` names a shipped model's recipe (``pocketseg_core/training/recipes/<name>.json``): the
+task aliases ``skullstrip`` and ``liver`` are their default models' recipes.
 
 Every real labelled volume is segmented ONLY by the fold model that was trained without it
-(``out/shipped_models/<task>/<run>/model/``, written by ``scripts/train_shipped_models.py``); no
+(``out/shipped_models/<recipe>/<run>/model/``, written by ``scripts/train_shipped_models.py``); no
 image, nor a transformed copy of it, is ever scored by a model that saw it. For each one:
 
 * all eight metrics (:func:`pocketseg_core.metrics.compute_metrics`, physical space);
@@ -15,7 +19,7 @@ image, nor a transformed copy of it, is ever scored by a model that saw it. For 
   mirror, a storage flip of an axis (same physical image), a strong bias field, and 2 mm
   resampling.
 
-Results go to ``Resources/Models/evaluation_<task>.json`` (written after every volume, so an
+Results go to ``Resources/Models/evaluation_<recipe>.json`` (written after every volume, so an
 interrupted run keeps what it measured) and are printed as Markdown tables for the model cards.
 """
 
@@ -184,36 +188,38 @@ def robustness(
 
 
 def evaluate_task(
-    task: str,
+    name: str,
     data: Path,
     device: str,
     with_robustness: bool,
     runs_dir: Path | None = None,
     results_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """LOO evaluation of the fold bundles in ``runs_dir/<task>/<run>/`` (default
+    """LOO evaluation of the fold bundles of recipe ``name`` in ``runs_dir/<name>/<run>/`` (default
     ``out/shipped_models``); JSON and PNGs go to ``results_dir`` (default ``Resources/Models``)."""
     runs_dir = runs_dir or shipping.RUNS_DIR
     results_dir = results_dir or RESULTS_DIR
     images_dir = results_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    recipe = load_recipe(task)
+    recipe = load_recipe(name)
+    task = str(recipe.task)
     sources = {source["case"]: source for source in recipe.sources}
-    shipped_dir = shipping.MODELS_DIR / task
+    shipped_dir = shipping.MODELS_DIR / name
     summary: dict[str, Any] = {
         "task": task,
+        "recipe": name,
         "shipped_run": recipe.shipped_run,
         "shipped_weights_sha256": sha256_of(shipped_dir / "weights.pt") if shipped_dir.is_dir() else None,
         "volumes": {},
     }
-    output = results_dir / f"evaluation_{task}.json"
+    output = results_dir / f"evaluation_{name}.json"
     for run, held_out in recipe.runs.items():
         if not held_out:
             continue  # the all-data model has no held-out volume
-        run_dir = shipping.run_model_dir(runs_dir, task, run)
+        run_dir = shipping.run_model_dir(runs_dir, name, run)
         if not (run_dir / "bundle.json").is_file():
             print(
-                f"[{task}] {run}: no fold model at {run_dir}; run train_shipped_models.py first", flush=True
+                f"[{name}] {run}: no fold model at {run_dir}; run train_shipped_models.py first", flush=True
             )
             continue
         trained = load_bundle(run_dir)
@@ -246,17 +252,17 @@ def evaluate_task(
                 "timings": {k: round(v, 2) for k, v in result.timings.items()},
                 "threads": torch.get_num_threads(),
             }
-            picture = images_dir / f"{task}_{case}.png"
+            picture = images_dir / f"{name}_{case}.png"
             save_overlay_png(
                 image,
                 result.mask,
                 picture,
-                f"{task} on {Path(source).name} (held out; Dice {metrics['dice']:.3f})",
+                f"{name} on {Path(source).name} (held out; Dice {metrics['dice']:.3f})",
                 window=CT_DISPLAY_WINDOW if task == "liver" else None,
             )
             entry["picture"] = str(picture.relative_to(results_dir))
             entry["picture_bytes"] = small_png(picture)
-            print(f"[{task}] {case} (model {run}): {metrics} in {result.seconds:.1f} s", flush=True)
+            print(f"[{name}] {case} (model {run}): {metrics} in {result.seconds:.1f} s", flush=True)
             if task == "skullstrip" and with_robustness:
                 entry["robustness"] = robustness(image, truth, result.mask, bundle, network)
             summary["volumes"][case] = entry
@@ -291,7 +297,12 @@ def markdown_tables(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=shipping.DEFAULT_DATA)
-    parser.add_argument("--task", choices=["skullstrip", "liver", "all"], default="all")
+    parser.add_argument(
+        "--task",
+        choices=[*shipping.SHIPPED_RECIPES, "all"],
+        default="all",
+        help="a shipped model's recipe (skullstrip, liver, lvnet-liver), or all of them",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-robustness", action="store_true")
@@ -299,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "--runs-dir",
         type=Path,
         default=shipping.RUNS_DIR,
-        help="fold bundles: <runs-dir>/<task>/<run>/model/",
+        help="fold bundles: <runs-dir>/<recipe>/<run>/model/",
     )
     parser.add_argument(
         "--results-dir",
@@ -312,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: sample data folder {args.data} not found; pass --data", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    for task in ["skullstrip", "liver"] if args.task == "all" else [args.task]:
+    for name in list(shipping.SHIPPED_RECIPES) if args.task == "all" else [args.task]:
         summary = evaluate_task(
-            task,
+            name,
             args.data,
             args.device,
             not args.no_robustness,

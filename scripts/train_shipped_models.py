@@ -2,6 +2,13 @@
 
     .venv/bin/python scripts/train_shipped_models.py --task liver        # its runs, then ships "all"
     .venv/bin/python scripts/train_shipped_models.py --task skullstrip   # loo_swiss (shipped), loo_robex
+    .venv/bin/python scripts/train_shipped_models.py --task lvnet-liver  # the second liver model
+
+``--task`` names a shipped model's recipe (:data:`SHIPPED_RECIPES`); its bundle goes to
+``pocketseg_core/models/<recipe>/``. Several models may serve one task (``liver``: the Pocket
+U-Net of recipe ``liver`` and the LV-Net of ``lvnet-liver``): the task alias (the "Segment
+liver" button, ``--task liver``) is the first catalog entry of the task, :data:`TASK_DEFAULTS`;
+the others are chosen by name (``--model lvnet-liver``, the module's model selector).
 
 The training itself is the library's: every run is what ``pocketseg train --recipe <task>
 --data-root ../shared/data --output out/shipped_models/<task> --runs <run> --threads N`` does
@@ -38,21 +45,24 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 RUNS_DIR = REPO_ROOT / "out" / "shipped_models"
 MODELS_DIR = REPO_ROOT / "pocketseg_core" / "models"
 #: torch CPU threads each shipped model was trained with (recorded in its bundle's machine field)
-SHIPPED_THREADS = {"skullstrip": 1, "liver": 2}
+SHIPPED_THREADS = {"skullstrip": 1, "liver": 1, "lvnet-liver": 1}
+#: the recipes of the shipped models (their bundle folders in pocketseg_core/models have these names)
+SHIPPED_RECIPES = tuple(SHIPPED_THREADS)
+#: task alias -> the catalog name of the model the alias (the one-click button) runs
+TASK_DEFAULTS = {"skullstrip": "pocketnet-skullstrip", "liver": "pocketnet-liver"}
 
 
-def run_model_dir(runs_dir: Path, task: str, run: str) -> Path:
-    """The model bundle of a run: ``<runs_dir>/<task>/<run>/model`` (older layouts: the run folder)."""
-    folder = runs_dir / task / run
+def run_model_dir(runs_dir: Path, recipe: str, run: str) -> Path:
+    """The model bundle of a run: ``<runs_dir>/<recipe>/<run>/model`` (older layouts: the run folder)."""
+    folder = runs_dir / recipe / run
     return folder / "model" if (folder / "model" / "bundle.json").is_file() else folder
 
 
 def update_catalog(recipe: TrainingConfig, bundle_dir: Path) -> None:
-    """Add or replace the task's entry in the shipped catalog (atomic write)."""
+    """Add or replace the model's entry in the shipped catalog (atomic write); a task's default
+    model (:data:`TASK_DEFAULTS`) comes first among the task's entries, as the alias takes the first."""
     catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
-    entries = [
-        e for e in catalog.get("bundles", []) if e.get("name") != recipe.name and e.get("task") != recipe.task
-    ]
+    entries = [e for e in catalog.get("bundles", []) if e.get("name") != recipe.name]
     entries.append(
         {
             "name": recipe.name,
@@ -64,18 +74,20 @@ def update_catalog(recipe: TrainingConfig, bundle_dir: Path) -> None:
             "weights_sha256": sha256_of(bundle_dir / "weights.pt"),
         }
     )
-    catalog["bundles"] = sorted(entries, key=lambda e: e["task"])
+    catalog["bundles"] = sorted(
+        entries, key=lambda e: (e["task"], e["name"] != TASK_DEFAULTS.get(e["task"]), e["name"])
+    )
     io.write_text_atomic(SHIPPED_CATALOG, json.dumps(catalog, indent=2) + "\n")
 
 
-def ship(recipe: TrainingConfig, model_dir: Path) -> Path:
+def ship(recipe: TrainingConfig, model_dir: Path, folder: str) -> Path:
     """Re-save a run's model bundle into the package (atomically) and register it in the catalog.
 
     The bundle gets the recipe's current settings (name, version, texts, clean-up) with the run's
     training record: a run trained before a clean-up was chosen ships with it, weights untouched."""
     bundle = load_bundle(model_dir)
     config = recipe.bundle_config(recipe.name, bundle.config.training)
-    target = save_bundle(MODELS_DIR / str(recipe.task), config, bundle.state_dict)
+    target = save_bundle(MODELS_DIR / folder, config, bundle.state_dict)
     update_catalog(recipe, target)
     return target
 
@@ -83,7 +95,7 @@ def ship(recipe: TrainingConfig, model_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the sample data folder")
-    parser.add_argument("--task", choices=["skullstrip", "liver"], required=True)
+    parser.add_argument("--task", choices=SHIPPED_RECIPES, required=True, help="the shipped model's recipe")
     parser.add_argument("--runs", nargs="*", default=None, help="only these runs (default: every run)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument(
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (model_dir / "bundle.json").is_file():
         print(f"error: no trained run at {model_dir}; train it first", file=sys.stderr)
         return 2
-    target = ship(recipe, model_dir)
+    target = ship(recipe, model_dir, args.task)
     print(f"[{args.task}] shipped {model_dir} -> {target}", flush=True)
     return 0
 

@@ -67,7 +67,7 @@ def test_bundle_labels_and_presets_read_the_table():
 
 def test_shipped_bundles_label_their_structure_as_the_table_does():
     folders = sorted(path.parent for path in SHIPPED_CATALOG.parent.glob("*/bundle.json"))
-    assert [folder.name for folder in folders] == ["liver", "skullstrip"]
+    assert [folder.name for folder in folders] == ["liver", "lvnet-liver", "skullstrip"]
     for folder in folders:
         config = read_config(folder)
         structure = structure_for_task(config.task)

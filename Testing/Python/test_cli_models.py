@@ -13,13 +13,24 @@ from pocketseg_core.networks import network_names
 
 
 @pytest.fixture(scope="module")
-def models_json() -> dict:
-    """One run of ``pocketseg models --json`` for the module (it counts FLOPs of 13 networks)."""
+def models_json(tmp_path_factory) -> dict:
+    """One run of ``pocketseg models --json`` for the module (it counts FLOPs of 13 networks),
+    with an empty user catalog."""
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(buffer):
+        patch.setenv("POCKETSEG_MODELS_DIR", str(tmp_path_factory.mktemp("user-models")))
         code = main(["models", "--json"])
     assert code == 0
     return json.loads(buffer.getvalue())
+
+
+def test_json_lists_the_shipped_models_and_the_task_defaults(models_json):
+    rows = {row["name"]: row for row in models_json["bundles"]}
+    assert set(rows) == {"pocketnet-liver", "lvnet-liver", "pocketnet-skullstrip"}
+    assert rows["lvnet-liver"]["task"] == "liver" and rows["lvnet-liver"]["modality"] == "CT"
+    assert len(rows["lvnet-liver"]["weights_sha256"]) == 64 and rows["lvnet-liver"]["source"] == "shipped"
+    defaults = {row["task"]: name for name, row in rows.items() if row["default"]}
+    assert defaults == {"liver": "pocketnet-liver", "skullstrip": "pocketnet-skullstrip"}
 
 
 def test_json_lists_every_network(models_json):
@@ -61,3 +72,6 @@ def test_table_is_readable(capsys):
         assert any(line.startswith(name + " ") for line in lines), name
     assert "58.07 (mac)" in text
     assert "PocketNet Table 1" in text
+    # the installed models follow the network table
+    assert any(line.split()[:3] == ["pocketnet-liver", "liver", "(default)"] for line in lines)
+    assert any(line.split()[:2] == ["lvnet-liver", "liver"] and "(default)" not in line for line in lines)

@@ -28,20 +28,34 @@ def no_user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POCKETSEG_MODELS_DIR", str(tmp_path / "user-models"))
 
 
-def _catalog_entry(task: str) -> dict:
+#: catalog name -> task of every shipped model; the first of a task is its alias's (the button's)
+SHIPPED_MODELS = {"pocketnet-liver": "liver", "lvnet-liver": "liver", "pocketnet-skullstrip": "skullstrip"}
+
+
+def _catalog_entry(name: str) -> dict:
     catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
-    entries = [entry for entry in catalog["bundles"] if entry.get("task") == task]
-    assert len(entries) == 1, f"the shipped catalog must hold exactly one {task} model"
+    entries = [entry for entry in catalog["bundles"] if entry.get("name") == name]
+    assert len(entries) == 1, f"the shipped catalog must hold exactly one model named {name}"
     return entries[0]
 
 
-@pytest.mark.parametrize("task", ["skullstrip", "liver"])
-def test_shipped_bundle_is_catalogued_verified_and_small(task: str) -> None:
-    entry = _catalog_entry(task)
+def test_catalog_holds_the_shipped_models_defaults_first() -> None:
+    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
+    assert {e["name"]: e["task"] for e in catalog["bundles"]} == SHIPPED_MODELS
+    # the task alias (the one-click button) resolves to the first entry of its task
+    assert load_bundle("liver").config.name == "pocketnet-liver"
+    assert load_bundle("skullstrip").config.name == "pocketnet-skullstrip"
+    assert load_bundle("lvnet-liver").config.network == "lvnet"  # the other liver model, by name
+
+
+@pytest.mark.parametrize("name", list(SHIPPED_MODELS))
+def test_shipped_bundle_is_catalogued_verified_and_small(name: str) -> None:
+    task = SHIPPED_MODELS[name]
+    entry = _catalog_entry(name)
     folder = SHIPPED_CATALOG.parent / entry["path"]
     weights = folder / "weights.pt"
     assert entry["weights_sha256"] == sha256_of(weights), "catalog sha256 does not match weights.pt"
-    bundle = load_bundle(task)  # verifies bundle.json's sha256 before torch reads the file
+    bundle = load_bundle(name)  # verifies bundle.json's sha256 before torch reads the file
     assert bundle.path.resolve() == folder.resolve()
     assert bundle.config.weights_sha256 == entry["weights_sha256"]
     assert bundle.config.task == task and bundle.config.name == entry["name"]
@@ -60,7 +74,7 @@ def test_shipped_bundle_is_catalogued_verified_and_small(task: str) -> None:
 
 
 def test_tampered_shipped_weights_are_refused(tmp_path: Path) -> None:
-    folder = SHIPPED_CATALOG.parent / _catalog_entry("skullstrip")["path"]
+    folder = SHIPPED_CATALOG.parent / _catalog_entry("pocketnet-skullstrip")["path"]
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
     data = bytearray((copy / "weights.pt").read_bytes())

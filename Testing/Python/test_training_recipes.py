@@ -16,7 +16,8 @@ from pocketseg_core.bundles import SHIPPED_CATALOG, load_bundle
 from pocketseg_core.cli import main as cli_main
 from pocketseg_core.errors import Cancelled, PocketSegError
 from pocketseg_core.training.presets import LearningRateSchedule, TrainingConfig
-from pocketseg_core.training.recipes import build_training_volumes, load_recipe, train_recipe
+from pocketseg_core.training.recipes import build_training_volumes, check_recipe, load_recipe, train_recipe
+from pocketseg_core.training.recipes import source_files as recipe_source_files
 
 
 def _brain_phantom() -> tuple[sitk.Image, sitk.Image]:
@@ -179,11 +180,12 @@ def test_warmup_cosine_follows_its_formula():
     assert seen[14] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 14 / 300)))
 
 
-@pytest.mark.parametrize("task", ["skullstrip", "liver"])
-def test_packaged_recipes_describe_the_shipped_bundles(task):
-    recipe = load_recipe(task)
+@pytest.mark.parametrize("name", ["skullstrip", "liver", "lvnet-liver"])
+def test_packaged_recipes_describe_the_shipped_bundles(name):
+    recipe = load_recipe(name)
     catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
-    entry = next(e for e in catalog["bundles"] if e["task"] == task)
+    (entry,) = [e for e in catalog["bundles"] if e["name"] == recipe.name]
+    assert entry["path"] == name  # the bundle folder is named after its recipe
     shipped = load_bundle(SHIPPED_CATALOG.parent / entry["path"]).config
     made = recipe.bundle_config(recipe.name, {})
     for key in (
@@ -248,3 +250,76 @@ def test_a_run_stored_before_the_recipe_keys_existed_still_resumes():
     stored = {key: value for key, value in given.items() if key not in new_keys}
     assert _compare_configs(stored, given) == []
     assert _compare_configs({**stored, "epochs": 3}, given) == ["epochs"]
+
+
+def _ct_sources(root) -> list[dict]:
+    """Two phantom 'CTs' in HU (body of soft tissue in air) with TotalSegmentator-style label maps:
+    liver = 5 (an ellipsoid), spleen = 1 (a small block); the label map of case 1 is flipped in
+    storage (as the DICOM labels are), so only physical space lines it up."""
+    sources = []
+    for index in range(2):
+        image, liver = phantom_pair(index, shape_zyx=(16, 32, 32), spacing=(4.0, 4.0, 4.0), radius=8.0)
+        liver_array = sitk.GetArrayFromImage(liver)
+        labels = np.where(liver_array > 0, 5, 0).astype(np.uint8)
+        labels[4:8, 2:6, 2:6] = 1  # spleen
+        hu = np.full(labels.shape, 40.0, np.float32)
+        hu[:, :, :1] = -1000.0  # air at one side
+        ct = sitk.GetImageFromArray(hu)
+        ct.CopyInformation(image)
+        label_map = sitk.GetImageFromArray(labels)
+        label_map.CopyInformation(image)
+        if index == 1:
+            label_map = sitk.Flip(label_map, [False, True, False], flipAboutOrigin=False)
+        sitk.WriteImage(ct, str(root / f"ct{index}.nii.gz"))
+        sitk.WriteImage(label_map, str(root / f"ct{index}_labels.nii.gz"))
+        sources.append({"case": f"ct{index}", "image": f"ct{index}.nii.gz", "label": f"ct{index}_labels.nii.gz",
+                        "label_value": 5, "use": "train"})  # fmt: skip
+        sources.append({"case": f"synth_ct{index}", "from_case": f"ct{index}", "image": f"ct{index}.nii.gz",
+                        "label": f"ct{index}_labels.nii.gz", "scheme": "totalsegmentator_v2",
+                        "use": "synthesis"})  # fmt: skip
+    return sources
+
+
+def _ct_recipe(root, **changes) -> TrainingConfig:
+    return _recipe(
+        task="liver",
+        modality="CT",
+        preprocessing={"kind": "ct_window", "window": [-200, 300], "normalize": "unit"},
+        sources=_ct_sources(root),
+        synthesis={"kind": "ct_from_label_maps", "seed": 3, "per_source": 2, "balance": "half"},
+        runs={"all": [], "loo_ct0": ["ct0"]},
+        **changes,
+    )
+
+
+def test_ct_synthesis_from_label_maps_in_a_recipe(tmp_path):
+    recipe = _ct_recipe(tmp_path)
+    volumes = build_training_volumes(recipe, tmp_path, held_out=["ct0"])
+    # the held-out CT's label map makes no synthetic CT: only ct1 and its 2 synthetic ones
+    # (the real one repeated round(2 / 1) = 2 times)
+    assert [v.case_id for v in volumes] == ["ct1", "ct1", "synth_synth_ct1_0", "synth_synth_ct1_1"]
+    real, synthetic = volumes[0], volumes[2:]
+    for volume in synthetic:
+        assert volume.image.shape == volume.label.shape and set(np.unique(volume.label)) == {0, 1}
+        # liver 45..140 HU (plain or portal) through the window [-200, 300] -> 0.49..0.68, noise aside
+        liver_mean = float(volume.image[volume.label == 1].mean())
+        assert 0.45 < liver_mean < 0.72, liver_mean
+        # aligned with the real liver after at most a 10 % scaling, 15 deg turn and 10 mm shift
+        overlap = np.logical_and(volume.label, real.label).sum() / real.label.sum()
+        assert 0.3 < overlap <= 1.0 and 0.5 < volume.label.sum() / real.label.sum() < 1.6
+    assert not np.array_equal(synthetic[0].image, synthetic[1].image)
+    again = build_training_volumes(recipe, tmp_path, held_out=["ct0"])
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(volumes, again, strict=True))
+    files = recipe_source_files(recipe, ["ct0"])
+    assert files == ["ct1.nii.gz", "ct1_labels.nii.gz", "ct1.nii.gz", "ct1_labels.nii.gz"]
+    assert len(build_training_volumes(recipe, tmp_path, held_out=[])) == 2 * 2 + 4
+
+
+def test_ct_synthesis_recipe_errors_name_the_source(tmp_path):
+    recipe = _ct_recipe(tmp_path)
+    bad_case = [dict(s, from_case="nobody") if s["case"] == "synth_ct0" else s for s in recipe.sources]
+    with pytest.raises(PocketSegError, match="unknown from_case 'nobody'"):
+        check_recipe(recipe.replace(sources=bad_case))
+    bad_scheme = [dict(s, scheme="mri") if s["case"] == "synth_ct0" else s for s in recipe.sources]
+    with pytest.raises(PocketSegError, match="unknown label scheme 'mri'"):
+        check_recipe(recipe.replace(sources=bad_scheme))

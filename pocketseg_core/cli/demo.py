@@ -104,7 +104,11 @@ def fetch_registry_sample(task: str) -> Path | None:
 def _installed_task_models() -> dict[str, str]:
     from pocketseg_core.bundles import list_bundles
 
-    return {entry.task: entry.name for entry in list_bundles() if entry.task}
+    models: dict[str, str] = {}
+    for entry in list_bundles():  # the first of a task is the one its alias runs
+        if entry.task:
+            models.setdefault(entry.task, entry.name)
+    return models
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,10 @@
-"""``pocketseg models``: every network of the zoo with its size and cost next to the paper's.
+"""``pocketseg models``: the installed models, and every network of the zoo with its size and
+cost next to the paper's.
 
-Without ``--json`` a table for people; with ``--json`` one JSON object
-``{"networks": [{name, params, paper_params, params_ratio, gflops, gmacs, paper_gflops, ...}]}``.
+Without ``--json`` tables for people; with ``--json`` one JSON object
+``{"bundles": [{name, task, title, modality, version, source, path, weights_sha256, default}],
+"networks": [{name, params, paper_params, params_ratio, gflops, gmacs, paper_gflops, ...}]}``;
+``default`` marks the model a task alias (``--task liver``, the one-click button) runs.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ if TYPE_CHECKING:  # the network zoo imports torch: only ``pocketseg models`` it
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "models",
-        help="list the networks with parameters and FLOPs against the papers",
+        help="list the installed models, and the networks with parameters and FLOPs against the papers",
         description=(
-            "List every network of the zoo: trainable parameters and FLOPs (torch.utils.flop_counter, "
-            "2 per multiply-accumulate) for the paper's input size, with the published values."
+            "List the installed models (shipped and your own; use one by name with predict --model "
+            "NAME) and every network of the zoo: trainable parameters and FLOPs "
+            "(torch.utils.flop_counter, 2 per multiply-accumulate) for the paper's input size, with "
+            "the published values."
         ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -85,12 +90,43 @@ def format_table(summaries: list[NetworkSummary]) -> str:
     return "\n".join(lines)
 
 
+def installed_models() -> list[dict]:
+    """The installed bundles (shipped first, then the user's) as plain dicts, each with
+    ``default``: whether its task alias resolves to it."""
+    from pocketseg_core.bundles import list_bundles, resolve_bundle
+
+    entries = list_bundles()
+    defaults = {}
+    for task in {entry.task for entry in entries if entry.task}:
+        defaults[task] = resolve_bundle(task).resolve()
+    return [
+        {**entry.to_dict(), "default": bool(entry.task) and entry.path.resolve() == defaults[entry.task]}
+        for entry in entries
+    ]
+
+
+def format_models(models: list[dict]) -> str:
+    """A fixed-width text table of the installed models."""
+    rows = [("model", "task", "version", "source", "title")]
+    for model in models:
+        task = f"{model['task']} (default)" if model["default"] else str(model["task"] or "-")
+        rows.append((model["name"], task, model["version"] or "-", model["source"], model["title"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from pocketseg_core.networks import all_summaries
 
+    models = installed_models()
     summaries = all_summaries()
     if args.json:
-        print(json.dumps({"networks": [s.to_dict() for s in summaries]}, indent=2))
+        print(json.dumps({"bundles": models, "networks": [s.to_dict() for s in summaries]}, indent=2))
     else:
         print(format_table(summaries))
+        print()
+        print("Installed models (pocketseg predict --model NAME; --task TASK runs the default):\n")
+        print(format_models(models))
     return 0

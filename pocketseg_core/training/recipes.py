@@ -41,6 +41,7 @@ from pocketseg_core import io
 from pocketseg_core.bundles import load_bundle, save_bundle
 from pocketseg_core.errors import Cancelled, PocketSegError
 from pocketseg_core.training.checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint
+from pocketseg_core.training.ct_synthesis import CT_SYNTHESIS_KINDS, LABEL_SCHEMES
 from pocketseg_core.training.presets import TrainingConfig
 from pocketseg_core.training.report import write_csv
 from pocketseg_core.training.sampling import TrainingVolume, prepare_volume
@@ -50,8 +51,11 @@ from pocketseg_core.training.trainer import Trainer, TrainerHooks, machine_descr
 logger = logging.getLogger(__name__)
 
 LOG_COLUMNS = ("epoch", "train_loss", "lr", "seconds")
-#: synthesis kinds -> the function making one synthetic (image, label) from a source
-SYNTHESIS_KINDS = {"synthstrip_heads"}
+#: synthesis kinds a recipe can name: ``synthstrip_heads`` (a skull-stripped brain -> a head,
+#: synthesis.py) and those of :data:`~pocketseg_core.training.ct_synthesis.CT_SYNTHESIS_KINDS`
+#: (``ct_from_label_maps``: a CT and its label map -> a synthetic CT and its liver mask; the
+#: source's ``scheme`` names what the label values are, default ``totalsegmentator_v2``)
+SYNTHESIS_KINDS = {"synthstrip_heads", *CT_SYNTHESIS_KINDS}
 
 #: ``on_progress(fraction, message)``: return ``False`` to cancel (the run stays resumable)
 ProgressCallback = Callable[[float, str], "bool | None"]
@@ -100,6 +104,17 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
             raise PocketSegError(f"{where}: training source {source['case']!r} has no 'label'; add it")
     if len(set(ids)) != len(ids):
         raise PocketSegError(f"{where}: case ids must be unique, got {ids}")
+    for source in config.sources:
+        if source.get("from_case") and source["from_case"] not in ids:
+            raise PocketSegError(
+                f"{where}: source {source['case']!r} names an unknown from_case {source['from_case']!r}; "
+                f"known: {ids}"
+            )
+        if source.get("scheme") and source["scheme"] not in LABEL_SCHEMES:
+            raise PocketSegError(
+                f"{where}: source {source['case']!r} has an unknown label scheme {source['scheme']!r}; "
+                f"known: {sorted(LABEL_SCHEMES)}"
+            )
     for run, held_out in config.runs.items():
         unknown = sorted(set(held_out) - set(ids))
         if unknown:
@@ -168,12 +183,18 @@ def check_sources(config: TrainingConfig, data_root: Path) -> None:
         )
 
 
+def is_held_out(source: dict[str, Any], held_out: list[str]) -> bool:
+    """Whether a run holding out ``held_out`` must not read ``source``: its own case is held out,
+    or it is made from a held-out case (``from_case``: e.g. synthesis from that CT's label map)."""
+    return source["case"] in held_out or source.get("from_case") in held_out
+
+
 def source_files(config: TrainingConfig, held_out: list[str]) -> list[str]:
     """The files a run trains on (relative to the data root), in the order they are read."""
     files: list[str] = []
     for use in ("train", "synthesis"):
         for source in config.sources:
-            if source.get("use", "train") == use and source["case"] not in held_out:
+            if source.get("use", "train") == use and not is_held_out(source, held_out):
                 files += [source["image"]] + ([source["label"]] if source.get("label") else [])
     return files
 
@@ -186,10 +207,15 @@ def build_training_volumes(
 
     With ``balance: "half"`` the real volumes are repeated so that about half of the patches
     come from real images (patches are drawn from a uniformly chosen volume).
+
+    Synthesis sources of ``ct_from_label_maps`` hold a CT (``image``) and its label map
+    (``label``, all values: ``scheme`` says what they are); a source made from a labelled case
+    names it in ``from_case``, so that the run holding that case out does not see its labels.
+    The synthetic CTs are made on the recipe's working grid (``spacing``).
     """
     real = []
     for source in config.sources:
-        if source.get("use", "train") != "train" or source["case"] in held_out:
+        if source.get("use", "train") != "train" or is_held_out(source, held_out):
             continue
         image, mask = load_labelled_case(data_root, source)
         real.append(
@@ -200,14 +226,27 @@ def build_training_volumes(
     if not config.synthesis:
         return real
     spec = config.synthesis
+    kind = spec.get("kind")
     rng = np.random.default_rng(int(spec.get("seed", 0)))
     synthetic = []
     for source in config.sources:
-        if source.get("use", "train") != "synthesis" or source["case"] in held_out:
+        if source.get("use", "train") != "synthesis" or is_held_out(source, held_out):
             continue
-        brain, mask = load_stripped_brain(data_root, source)
+        if kind in CT_SYNTHESIS_KINDS:
+            ct = io.read_image(data_root / source["image"]) if source.get("image") else None
+            label_map = io.read_image(data_root / source["label"])
+            scheme = source.get("scheme", "totalsegmentator_v2")
+        else:
+            brain, mask = load_stripped_brain(data_root, source)
         for copy in range(int(spec.get("per_source", 1))):
-            head, label = synthesize_head(brain, mask, rng, face_and_neck=int(spec.get("face_and_neck", 0)))
+            if kind in CT_SYNTHESIS_KINDS:
+                head, label = CT_SYNTHESIS_KINDS[kind](
+                    ct, label_map, rng, scheme=scheme, spacing=tuple(config.spacing)
+                )
+            else:
+                head, label = synthesize_head(
+                    brain, mask, rng, face_and_neck=int(spec.get("face_and_neck", 0))
+                )
             synthetic.append(
                 prepare_volume(
                     f"synth_{source['case']}_{copy}",

@@ -191,7 +191,7 @@ class BenchmarkCase:
     batch_size: int = 4
     overlap: float = 0.5
     fast: bool = False
-    channels_last: bool | None = None  # None: inference's default (on for 3D windows on the CPU)
+    channels_last: bool | None = None  # None: inference's default (on for every network on the CPU)
     precision: str = "float32"
     compile: bool = False
     max_case_seconds: float = 600.0
@@ -579,7 +579,7 @@ class BenchmarkSettings:
     batch_size: int = 4
     overlap: float = 0.5
     fast: bool = False
-    channels_last: bool | None = None  # None: inference's default (on for 3D windows on the CPU)
+    channels_last: bool | None = None  # None: inference's default (on for every network on the CPU)
     precision: str = "float32"
     compile: bool = False
     max_case_seconds: float = 600.0

@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="channels-last memory format (default: as inference, on for 3D networks on the CPU)",
+        help="channels-last memory format (default: as inference, on for every network on the CPU)",
     )
     parser.add_argument(
         "--precision",

@@ -59,25 +59,49 @@ def thread_environment(threads: int) -> dict[str, str]:
     return environment
 
 
+#: started between the harness and the timed command: Linux gives an exec'd child the peak RSS of
+#: the process it was forked from as its own starting peak, so a command forked straight from a
+#: harness holding GBs (``targets`` has just run the in-process jobs) reported the harness's peak.
+#: This small launcher (``python -S``, ~10 MB) forks the command and writes its CPU seconds and
+#: peak RSS (``wait4``) to the file named first; it exits with the command's status.
+_LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w", encoding="utf-8") as report:
+    json.dump({"cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024.0}, report)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def time_process(command: Sequence[str], environment: dict[str, str] | None = None) -> ProcessTiming:
-    """Run ``command`` to its end; its wall time, CPU time and peak RSS. Raises
+    """Run ``command`` to its end; its wall time (the small launcher's start, ~20 ms, included),
+    CPU time and peak RSS (the command's own, see :data:`_LAUNCHER`). Raises
     :class:`PocketSegError` (with the end of its output) when it fails."""
-    tick = time.perf_counter()
-    process = subprocess.Popen(
-        list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment, text=True
-    )
-    output = process.stdout.read() if process.stdout else ""
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - tick
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.stdout:
-        process.stdout.close()
-    if process.returncode != 0:
-        raise PocketSegError(
-            f"{Path(command[0]).name} {' '.join(command[1:3])} ... failed (exit {process.returncode}): "
-            f"{output.strip()[-400:]}"
+    with tempfile.TemporaryDirectory(prefix="pocketseg-time-") as scratch:
+        report_path = Path(scratch) / "usage.json"
+        launcher = [sys.executable, "-S", "-c", _LAUNCHER, str(report_path), *command]
+        tick = time.perf_counter()
+        process = subprocess.Popen(
+            launcher, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment, text=True
         )
-    return ProcessTiming(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0)
+        output = process.stdout.read() if process.stdout else ""
+        process.wait()
+        wall = time.perf_counter() - tick
+        if process.stdout:
+            process.stdout.close()
+        if process.returncode != 0 or not report_path.exists():
+            raise PocketSegError(
+                f"{Path(command[0]).name} {' '.join(command[1:3])} ... failed (exit {process.returncode}): "
+                f"{output.strip()[-400:]}"
+            )
+        usage = json.loads(report_path.read_text(encoding="utf-8"))
+    return ProcessTiming(wall, float(usage["cpu_s"]), float(usage["peak_rss_mb"]))
 
 
 def time_alternating(

@@ -135,21 +135,25 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
-        check_image_file(path)
-        try:
-            image = sitk.ReadImage(itk_path(path))
-        except RuntimeError as error:
-            raise InputImageError(
-                f"{path}: cannot be read as an image ({_first_line(error)}). "
-                f"PocketSeg reads NIfTI, NRRD, MHA/MHD files and DICOM series folders."
-            ) from error
+        with tempfile.TemporaryDirectory(prefix="pocketseg-read-") as scratch:
+            # A .nii.gz is decompressed once: the check streams it into an uncompressed copy,
+            # which ITK then reads (decompressing it twice cost 0.3-0.9 s per head).
+            copy = Path(scratch) / "image.nii"
+            check_image_file(path, decompressed_copy=copy)
+            try:
+                image = sitk.ReadImage(itk_path(copy if copy.exists() else path))
+            except RuntimeError as error:
+                raise InputImageError(
+                    f"{path}: cannot be read as an image ({_first_line(error)}). "
+                    f"PocketSeg reads NIfTI, NRRD, MHA/MHD files and DICOM series folders."
+                ) from error
     image = _as_3d_scalar(image, path)
     check_geometry(image, str(path))
     _check_finite_and_nonempty(image, str(path))
     return image
 
 
-def check_image_file(path: str | os.PathLike) -> None:
+def check_image_file(path: str | os.PathLike, decompressed_copy: Path | None = None) -> None:
     """Check an image file against its own header before any voxel is read.
 
     Refuses, each with one sentence: a pipe, device or socket (reading one would block); a
@@ -158,6 +162,10 @@ def check_image_file(path: str | os.PathLike) -> None:
     says (an uncompressed file, or a deflate-compressed one that could not hold that much);
     and for NIfTI (``.nii``/``.nii.gz``) a truncated or corrupt file or NaN/infinite voxels,
     found by streaming through the file (never holding more than a few MB).
+
+    ``decompressed_copy``: where a ``.nii.gz`` that passes is also written uncompressed (the
+    stream is decompressed once, for the check and for ITK's read of the copy); left absent
+    when there is nothing to decompress or no room to write it.
 
     Raises:
         InputImageError: the file cannot be a usable image.
@@ -205,7 +213,7 @@ def check_image_file(path: str | os.PathLike) -> None:
         )
     extension = image_extension(path)
     if extension in (".nii", ".nii.gz"):
-        _scan_nifti(path)
+        _scan_nifti(path, decompressed_copy)
     elif extension not in _DETACHED_HEADER_EXTENSIONS:
         file_size = path.stat().st_size
         if data_bytes > file_size * _DEFLATE_MAX_RATIO:
@@ -234,23 +242,35 @@ def _physical_memory() -> int | None:
         return None
 
 
-def _scan_nifti(path: Path) -> None:
+def _scan_nifti(path: Path, decompressed_copy: Path | None = None) -> None:
     """Stream through a NIfTI-1/2 file: the data the header promises must all be there, and
-    floating-point voxels must be finite (ITK's reader would turn NaN into 0 silently)."""
+    floating-point voxels must be finite (ITK's reader would turn NaN into 0 silently). A
+    compressed file is also written, uncompressed, to ``decompressed_copy`` when given (header
+    and extensions as they are, then the voxels); the copy is removed when the check fails."""
     bad = 0
     carry = b""
+    copy = None
     try:
         with open(path, "rb") as raw:
             compressed = raw.read(2) == b"\x1f\x8b"
-        with (gzip.open if compressed else open)(path, "rb") as stream:
-            layout = _nifti_layout(stream.read(540))
+        with (gzip.open if compressed else open)(path, "rb") as stream, contextlib.ExitStack() as closing:
+            head = stream.read(540)
+            layout = _nifti_layout(head)
             if layout is None:
                 return  # not a NIfTI header ITK would read either; ReadImage says why
             offset, data_bytes, float_type = layout
+            if compressed and decompressed_copy is not None:
+                copy = _open_copy(decompressed_copy, closing)
             if not compressed and not float_type:
                 remaining = max(0, offset + data_bytes - path.stat().st_size)
             else:
-                stream.seek(offset)  # a gzip stream seeks by decompressing: nothing is kept
+                if copy is not None:
+                    head += stream.read(max(0, offset - len(head)))
+                    copy.write(head[:offset])
+                    if len(head) > offset:  # a 348-byte header with its data right behind it
+                        stream.seek(offset)
+                else:
+                    stream.seek(offset)  # a gzip stream seeks by decompressing: nothing is kept
                 remaining = data_bytes
                 itemsize = np.dtype(float_type).itemsize if float_type else 1
                 while remaining > 0:
@@ -258,6 +278,8 @@ def _scan_nifti(path: Path) -> None:
                     if not block:
                         break
                     remaining -= len(block)
+                    if copy is not None:
+                        copy = _write_copy(copy, block, decompressed_copy)
                     if float_type:
                         data = carry + block
                         usable = len(data) - len(data) % itemsize
@@ -265,9 +287,12 @@ def _scan_nifti(path: Path) -> None:
                         bad += int(values.size - np.count_nonzero(np.isfinite(values)))
                         carry = data[usable:]
     except (OSError, EOFError, zlib.error) as error:
+        _remove_copy(decompressed_copy)
         raise InputImageError(
             f"{path}: the file is truncated or corrupt ({error}); re-export or download it again."
         ) from None
+    if remaining > 0 or bad:
+        _remove_copy(decompressed_copy)
     if remaining > 0:
         raise InputImageError(
             f"{path}: the file is truncated: its header promises {data_bytes} bytes of voxels, "
@@ -278,6 +303,32 @@ def _scan_nifti(path: Path) -> None:
             f"{path}: has {bad} NaN or infinite voxel(s); PocketSeg needs finite values. "
             f"Fix the export, or replace them (e.g. by 0) before segmenting."
         )
+
+
+def _open_copy(target: Path, closing: contextlib.ExitStack):
+    """``target`` opened for the decompressed copy, or None where it cannot be written (the
+    image is then read from the compressed file, as before)."""
+    try:
+        return closing.enter_context(open(target, "wb"))
+    except OSError:
+        return None
+
+
+def _write_copy(copy, block: bytes, target: Path):
+    """Append ``block`` to the decompressed copy; a full disk gives up the copy, not the read."""
+    try:
+        copy.write(block)
+    except OSError:
+        copy.close()
+        _remove_copy(target)
+        return None
+    return copy
+
+
+def _remove_copy(target: Path | None) -> None:
+    if target is not None:
+        with contextlib.suppress(OSError):
+            target.unlink()
 
 
 def _nifti_layout(header: bytes) -> tuple[int, int, str] | None:

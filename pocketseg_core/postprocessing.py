@@ -184,9 +184,17 @@ def cut_thin_bridges(mask: sitk.Image, radius_mm: float) -> sitk.Image:
             cores > 1, insideIsPositive=False, squaredDistance=True, useImageSpacing=True
         )
         territory = sitk.LessEqual(to_main, to_others)  # nearer to the main core than to any other
-        # back on the label's grid; a remainder row BinShrink dropped counts as the main core's
-        territory = sitk.Resample(territory, binary, sitk.Transform(), sitk.sitkNearestNeighbor, 1)
-        share = sitk.And(binary, territory)
+        # back on the label's grid: each coarse voxel is the bin of factors fine voxels BinShrink
+        # averaged (what a nearest-neighbour resampling gives, without its per-voxel geometry);
+        # a remainder row BinShrink dropped counts as the main core's
+        coarse_share = sitk.GetArrayViewFromImage(territory).astype(bool)
+        for axis, factor in enumerate(reversed(factors)):
+            coarse_share = np.repeat(coarse_share, factor, axis=axis)
+        fine_share = np.ones(binary.GetSize()[::-1], dtype=np.uint8)
+        fine_share[tuple(slice(0, n) for n in coarse_share.shape)] = coarse_share
+        share_image = sitk.GetImageFromArray(fine_share & sitk.GetArrayViewFromImage(binary))
+        share_image.CopyInformation(binary)
+        share = share_image
         largest = sitk.RelabelComponent(sitk.ConnectedComponent(share, True), sortByObjectSize=True) == 1
         box = array_box(start, size)
         dropped = (output[box] == value) & ~sitk.GetArrayViewFromImage(largest).astype(bool)

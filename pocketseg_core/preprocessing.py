@@ -204,6 +204,10 @@ def index_frame(image: sitk.Image) -> sitk.Image:
     return framed
 
 
+#: voxel types whose every value a float32 holds exactly
+_EXACT_IN_FLOAT32 = (sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkFloat32)
+
+
 def to_working_grid(
     image: sitk.Image,
     orientation: str,
@@ -212,13 +216,31 @@ def to_working_grid(
 ) -> WorkingGrid:
     """Reorient ``image`` to ``orientation``, resample it linearly to ``spacing`` (x, y, z mm;
     skipped when already within 0.1%) and normalise its intensities."""
-    canonical = sitk.DICOMOrient(sitk.Cast(image, sitk.sitkFloat32), orientation)
+    # Voxel types that float32 holds exactly stay as they are until the resampling writes float32
+    # (ITK interpolates in double either way: the same working grid, without two float copies of
+    # a 512x512x200 CT); other types are cast first, as the interpolation always saw them.
+    if image.GetPixelID() not in _EXACT_IN_FLOAT32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    canonical = sitk.DICOMOrient(image, orientation)
     oriented = index_frame(canonical)
     if np.allclose(oriented.GetSpacing(), spacing, rtol=1e-3, atol=0):
         working = oriented  # no interpolation: the way back is an exact permutation/flip
     else:
-        working = geometry.resample_to_spacing(oriented, spacing, sitk.sitkLinear)
-    volume = normalize_intensity(sitk.GetArrayFromImage(working), preprocessing)
+        size, new_spacing, origin = geometry.resampled_grid(oriented, spacing)
+        working = sitk.Resample(
+            oriented,
+            size,
+            sitk.Transform(),
+            sitk.sitkLinear,
+            origin,
+            new_spacing,
+            oriented.GetDirection(),
+            0.0,
+            sitk.sitkFloat32,
+        )
+    volume = normalize_intensity(
+        sitk.GetArrayFromImage(working).astype(np.float32, copy=False), preprocessing
+    )
     return WorkingGrid(orientation, canonical, oriented, working, volume)
 
 

@@ -80,7 +80,8 @@ def test_harness_end_to_end_writes_json_and_markdown(tmp_path):
     for record in records.values():
         assert record["repeats_done"] == 2 and record["warmup_done"] == 1
         seconds = record["seconds"]
-        assert set(seconds) == {"read", "preprocess", "network", "postprocess", "write", "job"}
+        assert set(seconds) == {"read", "preprocess", "network", "postprocess", "write", "job", "job_cpu"}
+        assert seconds["job_cpu"] > 0  # CPU seconds of the case's process during the job
         parts = sum(seconds[k] for k in ("read", "preprocess", "network", "postprocess", "write"))
         assert 0 < parts <= seconds["job"] * 1.5  # medians of parts need not add up exactly
         assert record["network_pass_seconds"] > 0 and record["peak_rss_mb"] > 50

@@ -327,3 +327,37 @@ def test_write_text_atomic_keeps_the_previous_file_on_failure(tmp_path, monkeypa
         write_text_atomic(target, "new")
     assert target.read_bytes() == "a,b\r\n±1,2\r\n".encode()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_a_compressed_nifti_is_decompressed_once_and_read_exactly(tmp_path: Path, monkeypatch, dtype) -> None:
+    """The input check streams a .nii.gz into an uncompressed copy that ITK then reads: the
+    image is ITK's own read of the original (voxels, geometry, header fields), and the copy's
+    folder is gone afterwards."""
+    source = tmp_path / "head.nii.gz"
+    sitk.WriteImage(phantom(dtype), str(source))
+    expected = sitk.ReadImage(str(source))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    itk_read = sitk.ReadImage
+    read_paths: list[str] = []
+
+    def recording_read(path, *args, **kwargs):
+        read_paths.append(str(path))
+        return itk_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(sitk, "ReadImage", recording_read)
+    image = read_image(source)
+    assert len(read_paths) == 1 and read_paths[0].endswith("image.nii")  # the uncompressed copy
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image), sitk.GetArrayViewFromImage(expected))
+    assert image.GetPixelID() == expected.GetPixelID()
+    assert (image.GetSpacing(), image.GetOrigin(), image.GetDirection()) == (
+        expected.GetSpacing(),
+        expected.GetOrigin(),
+        expected.GetDirection(),
+    )
+    assert {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()} == {
+        k: expected.GetMetaData(k) for k in expected.GetMetaDataKeys()
+    }
+    assert list(scratch.iterdir()) == []

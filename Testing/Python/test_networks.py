@@ -248,3 +248,31 @@ def test_input_not_divisible_is_a_clear_error():
         model(torch.randn(1, 3, 5, 16, 16))
     with pytest.raises(NetworkConfigError, match="expected input of shape"):
         model(torch.randn(1, 1, 16, 16))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_instance_norm_keeps_channels_last_and_torchs_values_in_cpu_inference(spatial_dims):
+    """The networks' instance norm: a channels-last input gives a channels-last output (torch's
+    own returned the plain layout, and every next convolution converted it back), with torch's
+    values to float rounding; training and the plain layout run torch's own."""
+    from pocketseg_core.networks.blocks import make_norm
+
+    torch.manual_seed(0)
+    norm = make_norm("instance", spatial_dims, 8)
+    assert isinstance(norm, nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    layout = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+    shape = (3, 8, 20, 24) if spatial_dims == 2 else (3, 8, 10, 12, 14)
+    x = (torch.randn(shape) * 3.0 + 2.0).contiguous(memory_format=layout)
+    reference = nn.functional.instance_norm(x.double(), weight=norm.weight.double(), bias=norm.bias.double())
+    norm.eval()
+    with torch.inference_mode():
+        out = norm(x)
+        plain = norm(x.contiguous())
+    assert out.is_contiguous(memory_format=layout) and not out.is_contiguous()
+    assert torch.allclose(out.double(), reference, atol=2e-5, rtol=0)
+    assert torch.equal(plain, nn.functional.instance_norm(x.contiguous(), weight=norm.weight, bias=norm.bias))
+    norm.train()
+    assert torch.allclose(norm(x).double(), reference, atol=2e-5, rtol=0)

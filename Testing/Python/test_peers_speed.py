@@ -102,3 +102,14 @@ def test_command_line_times_pocketseg_against_a_peer(tmp_path: Path, capsys) -> 
     assert report["commands"]["pocketseg"][1:4] == ["-m", "pocketseg_core", "predict"]
     assert report["commands"]["pocketseg"][-2:] == ["--overlap", "0.25"]
     assert report["threads"] == 1 and len(report["load_before"]) == 3
+
+
+def test_peak_memory_is_the_commands_own_not_the_harness_s() -> None:
+    """Linux starts an exec'd child's peak RSS at the peak of the process it was forked from:
+    timed straight from a harness holding 400 MB, a 10 MB command reported >= 400 MB."""
+    import numpy as np
+
+    held = np.ones(100 * 2**20, dtype=np.float32)  # 400 MB, touched
+    timing = peers_speed.time_process(_python("x = bytearray(20 * 2**20)"))
+    assert held.sum() > 0
+    assert 15 < timing.peak_rss_mb < 150  # the command's 20 MB and its interpreter

@@ -229,3 +229,43 @@ def test_apply_postprocessing_runs_the_bundle_steps_in_order():
     assert not full[:16].any() and full[16:26].any()  # the neck is cut, the medulla kept
     assert full[42, 20, 20] == 1  # the ventricle is filled
     assert full[30:58].sum() > plain[30:58].sum()
+
+
+@pytest.mark.parametrize("fill", ["3d", "slices"])
+@pytest.mark.parametrize("placement", ["inside", "touching_the_border"])
+def test_clean_up_on_the_mask_box_equals_the_whole_grid(fill, placement):
+    """clean_up works on the mask's bounding box (+ margin): every step, alone or together, gives
+    the voxels it gives on the whole grid, also where the mask touches the image border (a hole
+    open to the border is no hole) and with anisotropic spacing and a flipped direction."""
+    from pocketseg_core.inference.options import InferenceOptions
+    from pocketseg_core.inference.postprocess import _clean_up_steps, clean_up
+
+    head = head_with_neck_leak(True)  # brain with a cavity, medulla, neck: every step acts
+    blob = np.zeros((60, 40, 40), np.uint8)
+    blob[44:50, 2:6, 30:34] = 1  # a stray blob
+    array = np.zeros((80, 64, 70), np.uint8)
+    offset = (10, 12, 9) if placement == "inside" else (0, 0, 30)
+    region = tuple(slice(o, o + n) for o, n in zip(offset, head.shape, strict=True))
+    array[region] = head | blob
+    if placement == "touching_the_border":
+        array[30:34, 0:3, 40:44] = 0  # a notch open to the border y = 0: not a hole
+        array[40, 20, 50] = 0  # an enclosed one-voxel hole near the border
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 1.5, 2.5))
+    image.SetOrigin((-20.0, 7.5, 3.0))
+    image.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))
+    bundle_steps = {"cut_bridges_mm": 4.0, "cut_below_waist": True, "fill_holes": fill}
+    for steps in (
+        InferenceOptions(),
+        InferenceOptions(fill_holes=True),
+        InferenceOptions(keep_largest_component=False),
+        InferenceOptions(cut_thin_bridges=False),
+        InferenceOptions.without_clean_up(),
+    ):
+        on_box = clean_up(image, bundle_steps, steps)
+        whole = _clean_up_steps(image, bundle_steps, steps)
+        assert on_box.GetSize() == image.GetSize() and on_box.GetOrigin() == image.GetOrigin()
+        assert on_box.GetPixelID() == sitk.sitkUInt8
+        assert np.array_equal(sitk.GetArrayViewFromImage(on_box), sitk.GetArrayViewFromImage(whole))
+    cleaned = sitk.GetArrayViewFromImage(clean_up(image, bundle_steps, InferenceOptions()))
+    assert cleaned.sum() != array.sum()  # the steps did change the mask (the test is not vacuous)

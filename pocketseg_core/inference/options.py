@@ -41,10 +41,10 @@ class InferenceOptions:
     return_probabilities: bool = False
     #: speed options, off by default: the plain path is the reference that the optimised ones
     #: are checked against (Dice >= 0.999, Testing/Python/test_benchmark.py); see docs/speed.md
-    #: channels-last(-3D) memory format for network and windows; None = automatic: on for 3D
-    #: windows on the CPU (oneDNN's channels-last 3D convolutions: ~15 % less CPU time for the
-    #: shipped skull strip, and the same masks voxel for voxel, Testing/Python/test_reference_masks.py),
-    #: off for 2D networks (slower there, and not bit-identical) and on CUDA (no gain, docs/speed.md)
+    #: channels-last(-3D) memory format for network and windows; None = automatic: on for the
+    #: CPU (with the networks' channels-last instance norm: ~25 % less CPU time per pass for the
+    #: shipped skull strip, ~30 % for the liver; float rounding apart, the plain layout's maths),
+    #: off on CUDA (no gain, docs/speed.md)
     channels_last: bool | None = None
     compile: bool = False  # torch.compile the network (first call compiles: pays on many windows)
     #: window (z, y, x) instead of the bundle's (0 = whole axis); larger windows mean far fewer

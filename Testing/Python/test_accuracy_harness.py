@@ -134,3 +134,52 @@ def test_below_ml_counts_the_mask_under_the_floor_masks_lowest_section(flip):
         images.append(image)
     assert below_ml(images[0], images[1]) == pytest.approx(12 * 6.0 / 1000.0)
     assert below_ml(images[1], images[1]) == 0.0
+
+
+def test_consensus_labels_are_the_peers_majority_on_the_heads_grid(tmp_path):
+    from benchmarks.consensus_labels import label_path, write_consensus_labels
+
+    data, cache, output = tmp_path / "brain", tmp_path / "cache", tmp_path / "labels"
+    data.mkdir()
+    head = sitk.Cast(ball((10, 12, 14), 8.0), sitk.sitkFloat32) * 100.0
+    head.SetDirection((0, 0, 1, 1, 0, 0, 0, 1, 0))  # permuted axes, as the Siemens head
+    sitk.WriteImage(head, str(data / "unlabelled_chris_t1.nii.gz"))
+    # the peers' cached masks, on the standard-oriented input's voxels (as peer_driver writes them)
+    peers = {
+        "deepbet": ball((10, 12, 15), 6.0),
+        "hdbet": ball((10, 12, 14), 5.0),
+        "robex": ball((9, 12, 14), 6.0),
+    }
+    folder = cache / "chris"
+    folder.mkdir(parents=True)
+    on_grid = []
+    for tool, mask in peers.items():
+        mask.CopyInformation(head)
+        on_grid.append(mask)
+        sitk.WriteImage(sitk.DICOMOrient(mask, "LAS"), str(folder / f"{tool}_mask.nii.gz"))
+        (folder / f"{tool}_seconds.json").write_text('{"seconds": 1.0}', encoding="utf-8")
+    manifest = write_consensus_labels(data, cache, output, heads=["chris"], link_data=True)
+    label = sitk.ReadImage(str(label_path(output, "chris")))
+    expected = consensus(on_grid)
+    assert label.GetDirection() == head.GetDirection() and label.GetOrigin() == head.GetOrigin()
+    assert np.array_equal(sitk.GetArrayViewFromImage(label), sitk.GetArrayViewFromImage(expected))
+    assert 0 < manifest["heads"]["chris"]["volume_ml"] == pytest.approx(volume_ml(expected), abs=0.01)
+    assert manifest["tools"] == ["deepbet", "hdbet", "robex"]
+    assert (output / "brain").resolve() == data.resolve()  # <output> is a recipe data root
+    assert (output / "brain" / "unlabelled_chris_t1.nii.gz").is_file()
+
+
+def test_consensus_labels_refuse_a_missing_peer_mask_and_the_repository(tmp_path):
+    from benchmarks.accuracy import REPOSITORY
+    from benchmarks.consensus_labels import write_consensus_labels
+    from pocketseg_core.errors import PocketSegError
+
+    data = tmp_path / "brain"
+    data.mkdir()
+    sitk.WriteImage(ball((10, 12, 14), 8.0), str(data / "unlabelled_chris_t1.nii.gz"))
+    with pytest.raises(PocketSegError, match="no cached deepbet mask of chris .* pass --peers-python"):
+        write_consensus_labels(data, tmp_path / "cache", tmp_path / "labels", heads=["chris"])
+    with pytest.raises(PocketSegError, match="inside the repository or the data folder"):
+        write_consensus_labels(data, tmp_path / "cache", REPOSITORY / "labels", heads=["chris"])
+    with pytest.raises(PocketSegError, match="unknown heads"):
+        write_consensus_labels(data, tmp_path / "cache", tmp_path / "labels", heads=["nobody"])

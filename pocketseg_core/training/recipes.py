@@ -250,7 +250,13 @@ def build_training_volumes(
             continue
         brain, mask = load_stripped_brain(data_root, source)
         for copy in range(int(spec.get("per_source", 1))):
-            head, label = synthesize_head(brain, mask, rng, face_and_neck=int(spec.get("face_and_neck", 0)))
+            head, label = synthesize_head(
+                brain,
+                mask,
+                rng,
+                face_and_neck=int(spec.get("face_and_neck", 0)),
+                brain_contrast=float(spec.get("brain_contrast", 0.0)),
+            )
             synthetic.append(
                 prepare_volume(
                     f"synth_{source['case']}_{copy}",

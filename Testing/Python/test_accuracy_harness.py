@@ -3,6 +3,8 @@ the peers' masks mapped back from FSL's standard orientation, the contour pictur
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -183,3 +185,26 @@ def test_consensus_labels_refuse_a_missing_peer_mask_and_the_repository(tmp_path
         write_consensus_labels(data, tmp_path / "cache", REPOSITORY / "labels", heads=["chris"])
     with pytest.raises(PocketSegError, match="unknown heads"):
         write_consensus_labels(data, tmp_path / "cache", tmp_path / "labels", heads=["nobody"])
+
+
+def test_real_heads_recipe_trains_on_the_consensus_labels_and_holds_every_new_head_out_once():
+    import json
+
+    from benchmarks.accuracy import REPOSITORY
+    from benchmarks.consensus_labels import DEFAULT_HEADS, label_path
+    from pocketseg_core.bundles import SHIPPED_CATALOG
+    from pocketseg_core.training.recipes import load_recipe
+
+    recipe = load_recipe(REPOSITORY / "benchmarks" / "recipes" / "skullstrip_real_heads.json")
+    labels = {s["case"]: s["label"] for s in recipe.sources if s.get("use") == "train"}
+    for head in DEFAULT_HEADS:  # the labels consensus-labels writes, relative to its output
+        assert labels[head] == str(label_path(Path("."), head))
+    assert labels["swiss"] == "brain/swiss_atlas_brainmask.mha"  # a manual mask stays the label
+    held_out = [case for run in ("fold_a", "fold_b") for case in recipe.runs[run]]
+    assert sorted(held_out) == sorted([*DEFAULT_HEADS, "swiss"]) and recipe.runs["all"] == []
+    # it starts from skull strip 1.3.0's weights (the shipped model while 1.3.0 is shipped)
+    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
+    shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
+    if shipped["version"] == "1.3.0":
+        assert recipe.init_from["weights_sha256"] == shipped["weights_sha256"]
+    assert recipe.init_from["bundle"] == "bundles/pocketnet-skullstrip-1.3.0"

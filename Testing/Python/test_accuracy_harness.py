@@ -3,6 +3,8 @@ the peers' masks mapped back from FSL's standard orientation, the contour pictur
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -134,3 +136,75 @@ def test_below_ml_counts_the_mask_under_the_floor_masks_lowest_section(flip):
         images.append(image)
     assert below_ml(images[0], images[1]) == pytest.approx(12 * 6.0 / 1000.0)
     assert below_ml(images[1], images[1]) == 0.0
+
+
+def test_consensus_labels_are_the_peers_majority_on_the_heads_grid(tmp_path):
+    from benchmarks.consensus_labels import label_path, write_consensus_labels
+
+    data, cache, output = tmp_path / "brain", tmp_path / "cache", tmp_path / "labels"
+    data.mkdir()
+    head = sitk.Cast(ball((10, 12, 14), 8.0), sitk.sitkFloat32) * 100.0
+    head.SetDirection((0, 0, 1, 1, 0, 0, 0, 1, 0))  # permuted axes, as the Siemens head
+    sitk.WriteImage(head, str(data / "unlabelled_chris_t1.nii.gz"))
+    # the peers' cached masks, on the standard-oriented input's voxels (as peer_driver writes them)
+    peers = {
+        "deepbet": ball((10, 12, 15), 6.0),
+        "hdbet": ball((10, 12, 14), 5.0),
+        "robex": ball((9, 12, 14), 6.0),
+    }
+    folder = cache / "chris"
+    folder.mkdir(parents=True)
+    on_grid = []
+    for tool, mask in peers.items():
+        mask.CopyInformation(head)
+        on_grid.append(mask)
+        sitk.WriteImage(sitk.DICOMOrient(mask, "LAS"), str(folder / f"{tool}_mask.nii.gz"))
+        (folder / f"{tool}_seconds.json").write_text('{"seconds": 1.0}', encoding="utf-8")
+    manifest = write_consensus_labels(data, cache, output, heads=["chris"], link_data=True)
+    label = sitk.ReadImage(str(label_path(output, "chris")))
+    expected = consensus(on_grid)
+    assert label.GetDirection() == head.GetDirection() and label.GetOrigin() == head.GetOrigin()
+    assert np.array_equal(sitk.GetArrayViewFromImage(label), sitk.GetArrayViewFromImage(expected))
+    assert 0 < manifest["heads"]["chris"]["volume_ml"] == pytest.approx(volume_ml(expected), abs=0.01)
+    assert manifest["tools"] == ["deepbet", "hdbet", "robex"]
+    assert (output / "brain").resolve() == data.resolve()  # <output> is a recipe data root
+    assert (output / "brain" / "unlabelled_chris_t1.nii.gz").is_file()
+
+
+def test_consensus_labels_refuse_a_missing_peer_mask_and_the_repository(tmp_path):
+    from benchmarks.accuracy import REPOSITORY
+    from benchmarks.consensus_labels import write_consensus_labels
+    from pocketseg_core.errors import PocketSegError
+
+    data = tmp_path / "brain"
+    data.mkdir()
+    sitk.WriteImage(ball((10, 12, 14), 8.0), str(data / "unlabelled_chris_t1.nii.gz"))
+    with pytest.raises(PocketSegError, match="no cached deepbet mask of chris .* pass --peers-python"):
+        write_consensus_labels(data, tmp_path / "cache", tmp_path / "labels", heads=["chris"])
+    with pytest.raises(PocketSegError, match="inside the repository or the data folder"):
+        write_consensus_labels(data, tmp_path / "cache", REPOSITORY / "labels", heads=["chris"])
+    with pytest.raises(PocketSegError, match="unknown heads"):
+        write_consensus_labels(data, tmp_path / "cache", tmp_path / "labels", heads=["nobody"])
+
+
+def test_real_heads_recipe_trains_on_the_consensus_labels_and_holds_every_new_head_out_once():
+    import json
+
+    from benchmarks.accuracy import REPOSITORY
+    from benchmarks.consensus_labels import DEFAULT_HEADS, label_path
+    from pocketseg_core.bundles import SHIPPED_CATALOG
+    from pocketseg_core.training.recipes import load_recipe
+
+    recipe = load_recipe(REPOSITORY / "benchmarks" / "recipes" / "skullstrip_real_heads.json")
+    labels = {s["case"]: s["label"] for s in recipe.sources if s.get("use") == "train"}
+    for head in DEFAULT_HEADS:  # the labels consensus-labels writes, relative to its output
+        assert labels[head] == str(label_path(Path("."), head))
+    assert labels["swiss"] == "brain/swiss_atlas_brainmask.mha"  # a manual mask stays the label
+    held_out = [case for run in ("fold_a", "fold_b") for case in recipe.runs[run]]
+    assert sorted(held_out) == sorted([*DEFAULT_HEADS, "swiss"]) and recipe.runs["all"] == []
+    # it starts from skull strip 1.3.0's weights (the shipped model while 1.3.0 is shipped)
+    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
+    shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
+    if shipped["version"] == "1.3.0":
+        assert recipe.init_from["weights_sha256"] == shipped["weights_sha256"]
+    assert recipe.init_from["bundle"] == "bundles/pocketnet-skullstrip-1.3.0"

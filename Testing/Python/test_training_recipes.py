@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -147,6 +148,54 @@ def test_model_bundle_carries_the_recipe_and_its_stages(data_root, tmp_path):
     assert log[0] == "epoch,train_loss,lr,seconds" and len(log) == 3
 
 
+def test_init_from_starts_the_first_stage_from_a_bundle_checked_by_sha256(data_root, tmp_path):
+    base = train_recipe(_recipe(), data_root, tmp_path / "base", runs=["loo_c0"])["loo_c0"]
+    base_bundle = load_bundle(base)
+    sha = base_bundle.config.weights_sha256
+    # one stage with learning rate 0: Adam moves nothing, so the model IS the init_from bundle's
+    still = {"name": "still", "optimizer": {"lr": 0.0}, "epochs": 1}
+    tuned = _recipe(init_from={"bundle": str(base), "weights_sha256": sha}, stages=[still])
+    bundle = load_bundle(train_recipe(tuned, data_root, tmp_path / "tuned")["all"])
+    assert all(torch.equal(bundle.state_dict[k], base_bundle.state_dict[k]) for k in bundle.state_dict)
+    scratch = load_bundle(train_recipe(_recipe(stages=[still]), data_root, tmp_path / "scratch")["all"])
+    assert not all(torch.equal(scratch.state_dict[k], base_bundle.state_dict[k]) for k in scratch.state_dict)
+    # the model records where it started: the bundle, its sha256 and the bundle's own stages
+    started = bundle.config.training["continued_from"]
+    assert started["init_from"] == {
+        "bundle": str(base), "name": "tiny-recipe", "version": "9.9.9", "weights_sha256": sha,
+    }  # fmt: skip
+    assert (started["stage"], started["continued_from"]["stage"], started["held_out"]) == (
+        "second", "first", ["c0"],
+    )  # fmt: skip
+    # a relative bundle folder is found under the data root
+    root = shutil.copytree(data_root, tmp_path / "root")
+    shutil.copytree(base, root / "bundles" / "base")
+    relative = _recipe(init_from={"bundle": "bundles/base", "weights_sha256": sha}, stages=[still])
+    moved = load_bundle(train_recipe(relative, root, tmp_path / "relative")["all"])
+    assert all(torch.equal(moved.state_dict[k], base_bundle.state_dict[k]) for k in moved.state_dict)
+
+
+def test_init_from_refuses_other_weights_a_missing_bundle_and_bad_keys(data_root, tmp_path):
+    base = train_recipe(_recipe(), data_root, tmp_path / "base")["all"]
+    wrong = _recipe(init_from={"bundle": str(base), "weights_sha256": "0" * 64})
+    with pytest.raises(PocketSegError, match="the recipe names 000000000000"):
+        train_recipe(wrong, data_root, tmp_path / "wrong")
+    assert not (tmp_path / "wrong").exists()  # refused before any work
+    missing = _recipe(init_from={"bundle": "no_such_bundle", "weights_sha256": "0" * 64})
+    with pytest.raises(
+        PocketSegError, match=r"not under the data root .*no_such_bundle \(the init_from bundle\)"
+    ):
+        train_recipe(missing, data_root, tmp_path / "missing")
+    with pytest.raises(PocketSegError, match="init_from needs exactly 'bundle'"):
+        train_recipe(_recipe(init_from={"bundle": str(base)}), data_root, tmp_path / "keys")
+    other_network = _recipe(
+        init_from={"bundle": str(base), "weights_sha256": load_bundle(base).config.weights_sha256},
+        network_args={"init_filters": 2, "depth": 2, "pool_size": 2, "num_classes": 2},
+    )
+    with pytest.raises(PocketSegError, match="give a bundle of the recipe's network"):
+        train_recipe(other_network, data_root, tmp_path / "other")
+
+
 def test_training_volumes_hold_out_cases_and_balance_real_and_synthetic(data_root):
     recipe = _recipe(synthesis={"kind": "synthstrip_heads", "seed": 0, "per_source": 4, "balance": "half"})
     volumes = build_training_volumes(recipe, data_root, held_out=["c1"])
@@ -199,8 +248,14 @@ def test_packaged_recipes_describe_the_shipped_bundles(name):
     while record:
         records.insert(0, record)
         record = record.get("continued_from")
-    assert len(records) == max(1, len(recipe.stages))
-    for index, record in enumerate(records):
+    own = records[len(records) - max(1, len(recipe.stages)) :]
+    before = records[: len(records) - len(own)]
+    if recipe.init_from:  # fine-tuned: the records before the recipe's own stages are the init bundle's
+        assert before and before[-1]["init_from"]["weights_sha256"] == recipe.init_from["weights_sha256"]
+    else:
+        assert before == []
+    assert len(own) == max(1, len(recipe.stages))
+    for index, record in enumerate(own):
         stage = recipe.stage(index)
         assert record["seed"] == stage.seed
         assert (record["epochs"], record["steps_per_epoch"]) == (stage.epochs, stage.steps_per_epoch)

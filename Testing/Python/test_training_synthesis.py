@@ -105,3 +105,22 @@ def test_face_and_neck_add_background_below_the_brain_not_label(brain):
     plain_low = int(np.nonzero(plain_array.any(axis=(1, 2)))[0].min())
     # tissue below the brain with a neck; mostly air there without one
     assert (below > 0.3).mean() > (plain_values[: plain_low - 5] > 0.3).mean() + 0.05
+
+
+def test_brain_contrast_randomises_the_brain_and_nothing_else(brain):
+    image, mask = brain
+    plain = synthesize_head(image, mask, np.random.default_rng(5))
+    off = synthesize_head(image, mask, np.random.default_rng(5), brain_contrast=0.0)
+    # off draws no random numbers: the same head as before the option existed
+    assert np.array_equal(sitk.GetArrayFromImage(plain[0]), sitk.GetArrayFromImage(off[0]))
+    changed = 0
+    for seed in range(4):
+        head, label = synthesize_head(image, mask, np.random.default_rng(seed), brain_contrast=1.0)
+        before, same_label = synthesize_head(image, mask, np.random.default_rng(seed))
+        inside = sitk.GetArrayFromImage(label) > 0
+        assert np.array_equal(inside, sitk.GetArrayFromImage(same_label) > 0)  # the label never moves
+        new, old = sitk.GetArrayFromImage(head)[inside], sitk.GetArrayFromImage(before)[inside]
+        assert np.isfinite(new).all() and new.min() >= 0.0
+        # the phantom's brain is a linear ramp: a random curve and field break the straight line
+        changed += np.corrcoef(new, old)[0, 1] < 0.98
+    assert changed >= 3

@@ -97,6 +97,10 @@ class TrainingConfig:
     #: training stages, each warm-started from the previous one's weights with a new optimiser
     #: and schedule: ``{"name": ..., <config keys overriding this config's>}``; empty: one stage
     stages: list[dict[str, Any]] = field(default_factory=list)
+    #: the first stage starts from this bundle's weights instead of random ones (fine-tuning):
+    #: ``{"bundle": folder relative to --data-root (or absolute), "weights_sha256": the weights'
+    #: sha256, checked before training}``; empty: random initial weights
+    init_from: dict[str, Any] = field(default_factory=dict)
     #: the bundle's mask clean-up (``BundleConfig.postprocessing``)
     postprocessing: dict[str, Any] = field(default_factory=dict)
     #: the bundle's title, description and version (empty: generic text, version 0.0.0)

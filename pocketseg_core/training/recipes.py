@@ -18,7 +18,8 @@ Output folder of :func:`train_recipe` (``output_dir``)::
 Every stage of a run starts like this (the order is what makes runs repeatable): torch's global
 generator is seeded with ``seed`` of the recipe, the training volumes are prepared (synthetic
 ones drawn from ``synthesis.seed``), the network is created (random weights from that seed, or
-the previous stage's weights), then the :class:`~pocketseg_core.training.trainer.Trainer` draws
+the previous stage's weights; the first stage: the ``init_from`` bundle's weights when the
+recipe names one, checked by sha256), then the :class:`~pocketseg_core.training.trainer.Trainer` draws
 patches and augmentation from the stage's ``seed``, in one stream for the whole stage.
 """
 
@@ -129,6 +130,16 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
         )
     for index in range(max(1, len(config.stages))):
         config.stage(index)  # unknown keys in a stage raise here
+    if config.init_from and (
+        set(config.init_from) != {"bundle", "weights_sha256"}
+        or len(str(config.init_from["weights_sha256"])) != 64
+    ):
+        raise PocketSegError(
+            f"{where}: init_from needs exactly 'bundle' (a bundle folder) and 'weights_sha256' (64 hex "
+            f"digits), got {config.init_from}; fix the recipe"
+        )
+    if any("init_from" in stage for stage in config.stages):
+        raise PocketSegError(f"{where}: init_from belongs to the recipe, not to a stage; move it up")
 
 
 # --------------------------------------------------------------------------------- data
@@ -176,6 +187,8 @@ def check_sources(config: TrainingConfig, data_root: Path) -> None:
         for path in (source.get("image"), source.get("label"))
         if path and not (data_root / path).exists()
     ]
+    if config.init_from and not (data_root / config.init_from["bundle"] / "bundle.json").is_file():
+        missing.append(f"{config.init_from['bundle']} (the init_from bundle)")
     if missing:
         raise PocketSegError(
             f"{len(missing)} file(s) of recipe {config.name!r} are not under the data root {data_root}: "
@@ -197,6 +210,36 @@ def source_files(config: TrainingConfig, held_out: list[str]) -> list[str]:
             if source.get("use", "train") == use and not is_held_out(source, held_out):
                 files += [source["image"]] + ([source["label"]] if source.get("label") else [])
     return files
+
+
+def load_initial_weights(
+    config: TrainingConfig, data_root: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights and training record of the recipe's ``init_from`` bundle, after checking that
+    its weights are the ones the recipe names (sha256) and its network is the recipe's."""
+    folder = data_root / config.init_from["bundle"]
+    bundle = load_bundle(folder)  # checks weights.pt against the bundle's own sha256
+    expected = str(config.init_from["weights_sha256"])
+    if bundle.config.weights_sha256 != expected:
+        raise PocketSegError(
+            f"the init_from bundle {folder} has weights sha256 {bundle.config.weights_sha256[:12]}..., the recipe "
+            f"names {expected[:12]}...; give the bundle the recipe was written for"
+        )
+    if bundle.config.network != config.network or bundle.config.network_args != config.network_arguments():
+        raise PocketSegError(
+            f"the init_from bundle {folder} is a {bundle.config.network} {bundle.config.network_args}, the recipe "
+            f"trains a {config.network} {config.network_arguments()}; give a bundle of the recipe's network"
+        )
+    record = {
+        "init_from": {
+            "bundle": config.init_from["bundle"],
+            "name": bundle.config.name,
+            "version": bundle.config.version,
+            "weights_sha256": expected,
+        },
+        **(bundle.config.training or {}),
+    }
+    return dict(bundle.state_dict), record
 
 
 def build_training_volumes(
@@ -245,7 +288,11 @@ def build_training_volumes(
                 )
             else:
                 head, label = synthesize_head(
-                    brain, mask, rng, face_and_neck=int(spec.get("face_and_neck", 0))
+                    brain,
+                    mask,
+                    rng,
+                    face_and_neck=int(spec.get("face_and_neck", 0)),
+                    brain_contrast=float(spec.get("brain_contrast", 0.0)),
                 )
             synthetic.append(
                 prepare_volume(
@@ -339,6 +386,8 @@ def train_recipe(
             f"recipe {config.name!r} has no run {unknown}; its runs: {', '.join(config.runs)}"
         )
     check_sources(config, data_root)
+    if config.init_from:
+        load_initial_weights(config, data_root)  # a wrong bundle fails before any work
     _prepare_output(config, output_dir, resume)
     device = torch.device(device)
     stages = [config.stage(index) for index in range(max(1, len(config.stages)))]
@@ -356,6 +405,8 @@ def train_recipe(
         atomic_write_text(run_dir / "recipe.json", json.dumps(config.to_dict(), indent=2))
         state: dict[str, torch.Tensor] | None = None
         record: dict[str, Any] | None = None
+        if config.init_from:  # fine-tuning: the first stage continues the init_from bundle
+            state, record = load_initial_weights(config, data_root)
         for name, stage in zip(names, stages, strict=True):
             stage_dir = run_dir / name
             finished = _read_json(stage_dir / "state.json").get("status") == "done"

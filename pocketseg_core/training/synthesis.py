@@ -27,7 +27,11 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
 
 
 def synthesize_head(
-    brain: sitk.Image, mask: sitk.Image, rng: np.random.Generator, face_and_neck: int = 0
+    brain: sitk.Image,
+    mask: sitk.Image,
+    rng: np.random.Generator,
+    face_and_neck: int = 0,
+    brain_contrast: float = 0.0,
 ) -> tuple[sitk.Image, sitk.Image]:
     """A skull-stripped brain pasted into a random synthetic head shell (SynthStrip-style).
 
@@ -38,6 +42,12 @@ def synthesize_head(
     fat (bright), skin/muscle (grey), air. Intensities are relative to the brain's median and
     random per head; tissue texture, noise and a random gamma follow. Returns (image, mask),
     image float32, mask uint8, on the synthetic 1.5 mm grid.
+
+    ``brain_contrast``: the probability that the brain's own contrast is randomised too (as
+    SynthStrip's random intensity per tissue): its intensities go through a random piecewise
+    linear curve (5 knots, not necessarily increasing: grey and white matter may swap or merge)
+    and a smooth multiplicative field inside the brain (a dark or bright centre). 0 (default)
+    draws no extra random numbers, so heads made without it are unchanged.
     """
     spacing = SYNTHETIC_SPACING
     brain = _resample(brain, spacing, sitk.sitkLinear)
@@ -53,6 +63,8 @@ def synthesize_head(
     inside = brain_array[mask_array > 0]
     low, high = np.percentile(inside, [1, 99])
     brain_norm = np.clip((brain_array - low) / max(high - low, 1e-6), 0, 1.2) * 1.0 + 0.15
+    if brain_contrast > 0 and rng.random() < brain_contrast:
+        brain_norm = _randomise_brain_contrast(brain_norm, mask_array > 0, rng)
     mask_image = sitk.GetImageFromArray(mask_array)
     mask_image.SetSpacing((spacing,) * 3)
     distance = sitk.GetArrayFromImage(
@@ -105,6 +117,18 @@ def synthesize_head(
     label = sitk.GetImageFromArray(mask_array)
     label.CopyInformation(image)
     return image, label
+
+
+def _randomise_brain_contrast(
+    brain_norm: np.ndarray, inside: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """The brain's normalised intensities (0.15-1.35) through a random 5-knot curve, times a smooth
+    random field inside the brain; outside the brain unchanged."""
+    knots = np.linspace(0.15, 1.35, 5)
+    curve = rng.uniform(0.2, 1.3, size=5)
+    field = np.exp(rng.uniform(0.1, 0.4) * _smooth_noise(rng, brain_norm.shape, 12.0))
+    remapped = np.interp(brain_norm, knots, curve).astype(np.float32) * field
+    return np.where(inside, remapped, brain_norm).astype(np.float32)
 
 
 def add_face_neck_and_cord(

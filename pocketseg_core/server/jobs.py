@@ -243,7 +243,9 @@ class JobQueue:
                 stderr=log,
                 cwd=str(job.work_dir),
                 env=self._environment(index),
-                start_new_session=True,  # its own process group: Cancel kills it whole
+                # its own process group (Cancel kills it whole) in the server's session: a new
+                # session is a separate scheduler autogroup on Linux (see PocketSegLib.runner)
+                process_group=0,
             )
         with self._lock:
             cancelled = job.state != RUNNING
@@ -312,7 +314,7 @@ class JobQueue:
 
 
 def kill_process_group(process: subprocess.Popen) -> None:
-    """Kill a child started with ``start_new_session`` and everything it started, and reap it."""
+    """Kill a child started in its own process group and everything it started, and reap it."""
     if process.poll() is not None:
         return
     kill_group = getattr(os, "killpg", None)  # POSIX; elsewhere the child alone

@@ -37,7 +37,8 @@ PERCENT_OF_PEAK = 40.0
 PEAK_MEMORY_MB = 1024.0
 LIVER_JOB_S = 2.5
 
-DEFAULT_PEERS_PYTHON = "/work/peers-venv/bin/python"
+#: the peers' virtual environment's python, when not given by --peers-python
+PEERS_PYTHON_VARIABLE = "POCKETSEG_PEERS_PYTHON"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -54,8 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--peers-python",
-        default=DEFAULT_PEERS_PYTHON if Path(DEFAULT_PEERS_PYTHON).exists() else None,
-        help=f"python of the peers' virtual environment (default {DEFAULT_PEERS_PYTHON} when it exists); "
+        default=os.environ.get(PEERS_PYTHON_VARIABLE) or None,
+        help=f"python of the peers' virtual environment (default ${PEERS_PYTHON_VARIABLE}); "
         "without it the deepbet rounds are skipped",
     )
     parser.add_argument("--peer", default="deepbet", help="peer tool of peer_driver.py (default deepbet)")

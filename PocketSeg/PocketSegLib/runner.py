@@ -263,10 +263,10 @@ class WorkerRun(PolledRun):
                         subprocess, "CREATE_NO_WINDOW", 0
                     )
                 else:
-                    # Its own process group, so Cancel kills it whole; but not its own session:
-                    # Linux schedules each session as a separate "autogroup", and a worker in a
-                    # new session got a third of the CPU next to other jobs of Slicer's session
-                    # (a 4 s skull strip took 17 s beside two background trainings).
+                    # Its own process group, so Cancel kills it whole; but no setsid(): Linux
+                    # schedules each setsid() group as a separate "autogroup", and a worker
+                    # started that way got a third of the CPU beside other jobs started from
+                    # Slicer (a 4 s skull strip took 17 s beside two background trainings).
                     options["process_group"] = 0
                 self.process = subprocess.Popen(
                     [*python_command(), "-m", "pocketseg_core.worker", str(job_path)],

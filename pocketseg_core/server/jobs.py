@@ -243,8 +243,8 @@ class JobQueue:
                 stderr=log,
                 cwd=str(job.work_dir),
                 env=self._environment(index),
-                # its own process group (Cancel kills it whole) in the server's session: a new
-                # session is a separate scheduler autogroup on Linux (see PocketSegLib.runner)
+                # its own process group (Cancel kills it whole), no setsid(): a setsid() group
+                # is a separate scheduler autogroup on Linux (see PocketSegLib.runner)
                 process_group=0,
             )
         with self._lock:

@@ -78,7 +78,12 @@ def _verdict(value: float | None, limit: float, at_least: bool = False) -> str:
 
 def targets_table(speed: dict[str, Any], peers: dict[str, Any] | None, peer: str) -> list[dict[str, Any]]:
     """The rows of the targets table from a :func:`run_benchmark` report and a peers summary."""
-    by_task = {r["task"]: r for r in speed["records"] if r.get("role") == "pocket" and "error" not in r}
+    # the first pocket record of a task is its default model (the catalog lists defaults first);
+    # the targets are the one-click buttons', not those of a model picked by name
+    by_task: dict[str, Any] = {}
+    for record in speed["records"]:
+        if record.get("role") == "pocket" and "error" not in record:
+            by_task.setdefault(record["task"], record)
     skull, liver = by_task.get("skullstrip"), by_task.get("liver")
     medians = peers["medians"] if peers else None
     ours = medians["pocketseg"] if medians else None

@@ -68,3 +68,17 @@ def test_targets_without_the_peers_are_not_measured_not_met() -> None:
     assert verdicts["skull strip, whole process s (wall)"] == "not measured"
     assert verdicts["liver, in-process job s (wall)"] == "not measured"
     assert verdicts["skull strip, in-process job s (wall)"] == "not met"
+
+
+def test_targets_are_the_default_models_the_first_record_of_a_task() -> None:
+    # the catalog lists a task's default first (liver: Pocket U-Net 2D, then LV-Net by name)
+    speed = {
+        "records": [
+            record("skullstrip", 2.7, 41.0, 745.0),
+            record("liver", 2.4, 80.0, 1500.0),
+            record("liver", 10.2, 4.0, 2100.0),
+        ]
+    }
+    table = {row["target"]: row for row in targets_table(speed, None, "deepbet")}
+    assert table["liver, in-process job s (wall)"]["value"] == 2.4
+    assert table["liver, in-process job s (wall)"]["verdict"] == "met"

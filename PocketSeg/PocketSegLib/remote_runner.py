@@ -14,8 +14,6 @@ the same for both: nothing enters the scene before ``finish()`` on the main thre
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,28 +76,16 @@ class RemoteRun(PolledRun):
         self._error: BaseException | None = None
         self._finishers: list[Callable[[RemoteRun], None]] = []
 
-    def path(self, name: str) -> Path:
-        """A file of the run's temporary folder (exists from :meth:`start` until the run ends)."""
-        if self.work_dir is None:
-            raise RuntimeError("the run has not started")
-        return self.work_dir / name
-
-    def on_finish(self, callback: Callable[[RemoteRun], None]) -> None:
-        """Call ``callback(run)`` once, when the run has ended (before the temporary folder goes)."""
-        self._finishers.append(callback)
-
     def start(self) -> RemoteRun:
         """Write the files and upload the input (blocking for the upload's duration)."""
         self._started = time.perf_counter()
-        self.work_dir = Path(tempfile.mkdtemp(prefix="pocketseg-remote-"))
+        self._make_work_dir("pocketseg-remote-")
         try:
-            for file_name, write in self.files.items():
-                write(self.work_dir / file_name)
             self._message = "uploading"
             self.job_id = self.client.submit(self.path(self.upload), self.model, self.options)
             self._message = "queued on the server"
         except BaseException:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+            self._remove_work_dir()
             raise
         return self
 
@@ -153,16 +139,8 @@ class RemoteRun(PolledRun):
         self._message = {SUCCEEDED: "done", CANCELLED: "cancelled"}.get(state, "failed")
         self._ended = time.perf_counter()
         try:
-            for callback in self._finishers:
-                try:
-                    callback(self)
-                except BaseException as failure:  # e.g. the mask is unreadable: the run failed
-                    if self._state == SUCCEEDED:
-                        self._state, self._error, self._message = FAILED, failure, "failed"
+            self._call_finishers()
         finally:
-            self._finishers = []
-            if self.work_dir is not None:
-                shutil.rmtree(self.work_dir, ignore_errors=True)
             if self.job_id is not None and not isinstance(error, ServerUnreachable):
                 self._forget()
 

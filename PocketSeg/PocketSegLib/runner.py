@@ -146,7 +146,55 @@ def error_from_event(event: dict[str, Any]) -> BaseException:
 
 class PolledRun:
     """What a run polled by a timer shares (a local worker or a server's job): ``wait`` for the
-    console, on top of the subclass's ``status()`` and ``cancel()``."""
+    console, on top of the subclass's ``status()`` and ``cancel()``; the run's temporary folder
+    (``work_dir``, made by :meth:`_make_work_dir` with the subclass's ``files`` written into it)
+    and the ``on_finish`` callbacks called when the run ends (``_finishers``)."""
+
+    work_dir: Path | None
+    files: dict[str, Callable[[Path], Any]]
+    _finishers: list[Callable[[Any], None]]
+
+    def path(self, name: str) -> Path:
+        """A file of the run's temporary folder (exists from ``start`` until the run ends)."""
+        if self.work_dir is None:
+            raise RuntimeError("the run has not started")
+        return self.work_dir / name
+
+    def on_finish(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(run)`` once, when the run has ended (before the temporary folder goes)."""
+        self._finishers.append(callback)
+
+    def _make_work_dir(self, prefix: str) -> Path:
+        """Make the run's temporary folder and write ``files`` into it (removed again if a write fails)."""
+        self.work_dir = Path(tempfile.mkdtemp(prefix=prefix))
+        try:
+            for file_name, write in self.files.items():
+                write(self.work_dir / file_name)
+        except BaseException:
+            self._remove_work_dir()
+            raise
+        return self.work_dir
+
+    def _remove_work_dir(self) -> None:
+        if self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _call_finishers(self) -> BaseException | None:
+        """Call the ``on_finish`` callbacks once, then remove the temporary folder. A callback that
+        raises (the mask is unreadable, say) fails a run that had succeeded: that error is returned."""
+        failure = None
+        try:
+            for callback in self._finishers:
+                try:
+                    callback(self)
+                except BaseException as error:
+                    if self._state == SUCCEEDED:
+                        self._state, self._error, self._message = FAILED, error, "failed"
+                        failure = error
+        finally:
+            self._finishers = []
+            self._remove_work_dir()
+        return failure
 
     def status(self) -> RunStatus:
         raise NotImplementedError
@@ -232,18 +280,10 @@ class WorkerRun(PolledRun):
 
     # --- starting ---------------------------------------------------------------------------
 
-    def path(self, name: str) -> Path:
-        """A file of the run's temporary folder (exists from :meth:`start` until the run ends)."""
-        if self.work_dir is None:
-            raise RuntimeError("the run has not started")
-        return self.work_dir / name
-
     def start(self) -> WorkerRun:
         self._started = time.perf_counter()
-        self.work_dir = Path(tempfile.mkdtemp(prefix="pocketseg-run-"))
+        self._make_work_dir("pocketseg-run-")
         try:
-            for file_name, write in self.files.items():
-                write(self.work_dir / file_name)
             job = {
                 key: (
                     str(self.work_dir / value[len("@") :])
@@ -286,10 +326,6 @@ class WorkerRun(PolledRun):
             self._remove_work_dir()
             raise
         return self
-
-    def on_finish(self, callback: Callable[[WorkerRun], None]) -> None:
-        """Call ``callback(run)`` once, when the run has ended (before the temporary folder goes)."""
-        self._finishers.append(callback)
 
     # --- polling ----------------------------------------------------------------------------
 
@@ -394,21 +430,9 @@ class WorkerRun(PolledRun):
         self._ended = time.perf_counter()
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
-        try:
-            for callback in self._finishers:
-                try:
-                    callback(self)
-                except BaseException as error:  # e.g. reading the mask failed: the run failed
-                    if self._state == SUCCEEDED:
-                        self._state, self._error, self._message = FAILED, error, "failed"
-                        self._details = str(error)
-        finally:
-            self._finishers = []
-            self._remove_work_dir()
-
-    def _remove_work_dir(self) -> None:
-        if self.work_dir is not None:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
+        failure = self._call_finishers()
+        if failure is not None:  # e.g. reading the mask failed: the run failed
+            self._details = str(failure)
 
     # --- cancel, wait, result ----------------------------------------------------------------
 

@@ -323,11 +323,12 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- running ----------------------------------------------------------------------------
 
-    def ensureTorch(self) -> bool:
-        """True when the worker can run; asks before installing PyTorch (PyTorchUtils)."""
-        from PocketSegLib.dependencies import ensure_torch, slicer_ask
+    def ensureRuntime(self, model: str, device: str) -> bool:
+        """True when the worker can run ``model`` on ``device``: ONNX Runtime where the model runs
+        on it, else PyTorch; asks before installing either (pip / PyTorchUtils)."""
+        from PocketSegLib.dependencies import ensure_runtime, slicer_ask
 
-        check = ensure_torch(slicer_ask)  # asks first; PyTorchUtils shows its own progress
+        check = ensure_runtime(model, device, slicer_ask)  # asks first; the installers show progress
         if check.message:
             self.ui.statusLabel.text = check.message
             if not check.ok or check.restart_needed:
@@ -335,10 +336,13 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return check.ok and not check.restart_needed
 
     def onSegment(self, task: str) -> None:
+        from pocketseg_core.devices import device_name
         from pocketseg_core.errors import PocketSegError
 
         server = self.serverSettings()
-        if server is None and not self.ensureTorch():  # a server run needs no torch here
+        model = self.ui.modelComboBox.currentData or task
+        device = device_name(self.ui.deviceComboBox.currentText)
+        if server is None and not self.ensureRuntime(model, device):  # a server run needs nothing here
             return
         if server is not None and not server.url:
             slicer.util.errorDisplay(
@@ -347,7 +351,6 @@ class PocketSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             return
         parameters = self._parameterNode
-        model = self.ui.modelComboBox.currentData or task
         options = SegmentOptions(
             device=self.ui.deviceComboBox.currentText,  # Auto / CPU / GPU: see pocketseg_core.devices
             fast=parameters.fastMode,

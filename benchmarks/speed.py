@@ -196,6 +196,7 @@ class BenchmarkCase:
     compile: bool = False
     max_case_seconds: float = 600.0
     window_size_zyx: list[int] | None = None  # override of the pocket/full cases' window
+    backend: str = "auto"  # bundle cases: what runs the network (InferenceOptions.backend)
     bundle: str | None = None
     counterpart_of: str | None = None  # full cases: the pocket case they mirror
 
@@ -410,8 +411,10 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
     import torch
 
     from pocketseg_core import io
+    from pocketseg_core.bundles import read_onnx_model
     from pocketseg_core.devices import memory_format, precision_context, resolve_device, use_channels_last
     from pocketseg_core.inference import InferenceOptions, segment_image
+    from pocketseg_core.inference.onnx_backend import OnnxNetwork, choose_backend
     from pocketseg_core.preprocessing import to_working_grid
 
     torch.set_num_threads(case.threads)
@@ -428,6 +431,13 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
         precision=case.precision,
         compile=case.compile,
         window_size_zyx=tuple(case.window_size_zyx) if case.window_size_zyx else None,
+        backend=case.backend,
+    )
+    # A shipped bundle runs on what a user's run would choose (ONNX Runtime for a whole-grid
+    # model with an ONNX network on the CPU): the job and the pass below time that.
+    backend = choose_backend(bundle.config, options)[0] if case.source == "bundle" else "torch"
+    engine = (
+        OnnxNetwork(read_onnx_model(bundle), threads=case.threads) if backend == "onnxruntime" else network
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -437,7 +447,7 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
         started = time.perf_counter()
         image = io.read_image(case.input_path)
         read = time.perf_counter() - started
-        result = segment_image(image, bundle, options, network=network)
+        result = segment_image(image, bundle, options, network=engine)
         tick = time.perf_counter()
         io.write_image(result.mask, case.output_path)
         write = time.perf_counter() - tick
@@ -484,11 +494,15 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
     if use_channels_last(case.channels_last, device, config.window_mode):
         inputs = inputs.contiguous(memory_format=memory_format(inputs.dim()))
     pass_times = []
+    onnx_inputs = inputs[0, 0].cpu().numpy() if backend == "onnxruntime" else None
     with torch.inference_mode(), precision_context(device, case.precision):
         for index in range(max(2, min(5, case.repeats + 1))):
             _synchronize(device)
             tick = time.perf_counter()
-            network(inputs)
+            if onnx_inputs is not None:  # a whole-grid model: one window, batch of one
+                engine.logits(onnx_inputs)
+            else:
+                network(inputs)
             _synchronize(device)
             if index > 0 or case.warmup == 0:  # the first pass pays for allocation / autotuning
                 pass_times.append(time.perf_counter() - tick)
@@ -507,7 +521,8 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
+        "threads": engine.threads if backend == "onnxruntime" else torch.get_num_threads(),
+        "backend": backend,
         "params": sum(p.numel() for p in network.parameters()),
         "spacing": list(spacing),
         "window_mode": config.window_mode,

@@ -37,12 +37,17 @@ from pocketseg_core.errors import BundleError, PocketSegError
 BUNDLE_FORMAT_VERSION = 1
 CONFIG_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
+#: optional: the network exported to ONNX from weights.pt (pocketseg_core.onnx_export), run by
+#: ONNX Runtime where it can (pocketseg_core.inference.onnx_backend); sha256 in onnx_sha256
+ONNX_FILE = "network.onnx"
 SHIPPED_CATALOG = Path(__file__).resolve().parent / "models" / "catalog.json"
 MODELS_DIR_ENV = "POCKETSEG_MODELS_DIR"
 
 #: largest weights file PocketSeg loads: the shipped models are ~0.2 MB, the papers' full-size
 #: networks tens of MB; a larger file is refused before a byte is hashed or read
 MAX_WEIGHTS_BYTES = 2**31
+#: largest ONNX network PocketSeg loads (the shipped ones are ~0.3 MB)
+MAX_ONNX_BYTES = 2**30
 
 MODALITIES = ("MR", "CT")
 WINDOW_MODES = ("patch3d", "slab", "slice2d")
@@ -129,6 +134,8 @@ class BundleConfig:
     task: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
+    #: sha256 of network.onnx; "" = the bundle has no ONNX network
+    onnx_sha256: str = ""
     format_version: int = BUNDLE_FORMAT_VERSION
 
     @property
@@ -173,7 +180,7 @@ class BundleConfig:
             )
         if self.window_mode == "slice2d":
             size = (1, size[1], size[2])
-        elif size[0] == 0:
+        elif size[0] == 0 and self.window_mode == "slab":  # a patch3d window of 0s: one whole-grid pass
             raise BundleError(
                 f"{where}: window_size_zyx[0] (slices per window) must be > 0 for {self.window_mode}"
             )
@@ -218,6 +225,8 @@ class BundleConfig:
         data["spacing"] = list(self.spacing)
         data["fast_spacing"] = list(self.fast_spacing) if self.fast_spacing else None
         data["window_size_zyx"] = list(self.window_size_zyx)
+        if not self.onnx_sha256:
+            del data["onnx_sha256"]  # bundles without an ONNX network keep the format they had
         return data
 
     @classmethod
@@ -270,12 +279,17 @@ class ModelBundle:
     """A loaded bundle: its config, the verified state dict, and the folder it came from."""
 
     config: BundleConfig
-    state_dict: dict[str, Any]
+    state_dict: dict[str, Any] | None  # None: checked by sha256 but not read yet (read on use)
     path: Path | None = None
 
     def build_network(self, device: Any = "cpu"):
         """The network of the config with the bundle's weights, on ``device``, in eval mode."""
         from pocketseg_core.networks import create_network
+
+        if self.state_dict is None:
+            if self.path is None:
+                raise BundleError(f"{self._where()} holds no weights")
+            self.state_dict = _read_weights(self.path, self.config)
 
         try:
             network = create_network(self.config.network, **self.config.network_args)
@@ -411,14 +425,23 @@ def read_config(folder: str | os.PathLike) -> BundleConfig:
         raise BundleError(f"{config_path}: {error}") from None
 
 
-def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
+def load_bundle(name_or_path: str | os.PathLike, read_weights: bool = True) -> ModelBundle:
     """Load a bundle by folder path, catalog name or task alias (``skullstrip``, ``liver``).
 
     The checksum of ``weights.pt`` is checked (streamed, after a size check) before torch
-    reads a byte of it.
+    reads a byte of it. ``read_weights=False`` checks it and stops there: no torch import
+    (a run on ONNX Runtime needs none); :meth:`ModelBundle.build_network` reads the weights
+    (checking them again) if it is called.
     """
     folder = resolve_bundle(name_or_path)
     config = read_config(folder)
+    state_dict = _read_weights(folder, config, load=read_weights)
+    return ModelBundle(config=config, state_dict=state_dict, path=folder)
+
+
+def _read_weights(folder: Path, config: BundleConfig, load: bool = True) -> dict[str, Any] | None:
+    """The state dict of ``folder``'s weights.pt once its size and sha256 are checked against
+    the catalog and the config (None with ``load=False``: checked only, torch not imported)."""
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise BundleError(f"{weights_path} is missing; the bundle is incomplete: re-export or re-install it")
@@ -426,36 +449,80 @@ def load_bundle(name_or_path: str | os.PathLike) -> ModelBundle:
         raise BundleError(
             f"{folder / CONFIG_FILE} has no weights_sha256; re-save the bundle with save_bundle"
         )
-    size = weights_path.stat().st_size
-    if size > MAX_WEIGHTS_BYTES:
-        raise BundleError(
-            f"{weights_path} is {size / 2**30:.1f} GiB, far larger than any PocketSeg model "
-            f"(at most {MAX_WEIGHTS_BYTES / 2**30:.0f} GiB): it is not this bundle's weights; re-export the bundle"
-        )
+    _check_size(weights_path, MAX_WEIGHTS_BYTES)
     # One open file: hashed in blocks, then read by torch from the start, so what torch reads
     # is what was checked, and memory never holds the file twice.
     with open(weights_path, "rb") as stream:
         digest = hashlib.sha256()
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
-        state_dict = _load_verified(stream, weights_path, digest.hexdigest(), folder, config)
-    return ModelBundle(config=config, state_dict=state_dict, path=folder)
+        _check_digest(weights_path, digest.hexdigest(), folder, config.weights_sha256, "weights_sha256")
+        return _load_state_dict(stream, weights_path) if load else None
 
 
-def _load_verified(stream, weights_path: Path, actual: str, folder: Path, config: BundleConfig) -> dict:
-    """The state dict in ``stream`` once ``actual`` (its sha256) matches the catalog and config."""
-    shipped = _shipped_entry_at(folder)
-    if shipped is not None and shipped.weights_sha256 and actual != shipped.weights_sha256:
+def _check_size(path: Path, limit: int) -> None:
+    size = path.stat().st_size
+    if size > limit:
         raise BundleError(
-            f"{weights_path} is not the file the model catalog ships (sha256 {actual[:12]}..., catalog "
-            f"{shipped.weights_sha256[:12]}...): the installation was modified; reinstall PocketSeg"
+            f"{path} is {size / 2**30:.1f} GiB, far larger than any PocketSeg model "
+            f"(at most {limit / 2**30:.0f} GiB): it is not this bundle's file; re-export the bundle"
         )
-    if actual != config.weights_sha256:
+
+
+def _check_digest(path: Path, actual: str, folder: Path, expected: str, key: str) -> None:
+    """Refuse ``path`` unless ``actual`` (its sha256) is what the shipped catalog (for a shipped
+    bundle) and the bundle's ``key`` (``weights_sha256`` or ``onnx_sha256``) record."""
+    shipped = _shipped_entry_at(folder)
+    recorded = getattr(shipped, key, "") if shipped is not None else ""
+    if recorded and actual != recorded:
         raise BundleError(
-            f"{weights_path} fails its checksum (sha256 {actual[:12]}..., expected "
-            f"{config.weights_sha256[:12]}...): the file is corrupt, truncated or was replaced; "
+            f"{path} is not the file the model catalog ships (sha256 {actual[:12]}..., catalog "
+            f"{recorded[:12]}...): the installation was modified; reinstall PocketSeg"
+        )
+    if actual != expected:
+        raise BundleError(
+            f"{path} fails its checksum (sha256 {actual[:12]}..., expected "
+            f"{expected[:12]}...): the file is corrupt, truncated or was replaced; "
             "re-install or re-train the model"
         )
+
+
+def read_onnx_model(bundle: ModelBundle) -> bytes:
+    """The bytes of ``bundle``'s ONNX network, once their sha256 matches the bundle's
+    ``onnx_sha256`` (and the shipped catalog's record, for a shipped bundle)."""
+    if not bundle.config.onnx_sha256 or bundle.path is None:
+        raise BundleError(f"{bundle._where()} has no ONNX network; run it with --backend torch")
+    path = bundle.path / ONNX_FILE
+    if not path.is_file():
+        raise BundleError(f"{path} is missing; the bundle is incomplete: re-export or re-install it")
+    _check_size(path, MAX_ONNX_BYTES)
+    model = path.read_bytes()
+    _check_digest(
+        path, hashlib.sha256(model).hexdigest(), bundle.path, bundle.config.onnx_sha256, "onnx_sha256"
+    )
+    return model
+
+
+def add_onnx_model(folder: str | os.PathLike, model: bytes) -> Path:
+    """Give the bundle ``folder`` the ONNX network ``model`` (bytes of network.onnx), recording
+    its sha256; atomic like :func:`save_bundle` (the weights are copied unchanged)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    temp = _staging_folder(folder)
+    try:
+        shutil.copy2(folder / WEIGHTS_FILE, temp / WEIGHTS_FILE)
+        (temp / ONNX_FILE).write_bytes(model)
+        config.onnx_sha256 = hashlib.sha256(model).hexdigest()
+        (temp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        _replace_folder(temp, folder)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _load_state_dict(stream, weights_path: Path) -> dict:
+    """The state dict in ``stream`` (whose sha256 was checked)."""
     import torch  # only now: a refused file never costs the torch import
 
     stream.seek(0)
@@ -494,6 +561,7 @@ class CatalogEntry:
     source: str  # "shipped" or "user"
     version: str = ""
     weights_sha256: str = ""  # shipped entries: the catalog's own record of the weights
+    onnx_sha256: str = ""  # shipped entries with an ONNX network: the catalog's record of it
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -523,6 +591,7 @@ def _shipped_entries() -> list[CatalogEntry]:
                 source="shipped",
                 version=str(item.get("version", "")),
                 weights_sha256=str(item.get("weights_sha256", "")),
+                onnx_sha256=str(item.get("onnx_sha256", "")),
             )
         )
     return entries
@@ -579,6 +648,8 @@ def register_bundle(path: str | os.PathLike, name: str | None = None) -> Path:
     try:
         shutil.copy2(source / CONFIG_FILE, temp / CONFIG_FILE)
         shutil.copy2(source / WEIGHTS_FILE, temp / WEIGHTS_FILE)
+        if bundle.config.onnx_sha256:
+            shutil.copy2(source / ONNX_FILE, temp / ONNX_FILE)
         _replace_folder(temp, target)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

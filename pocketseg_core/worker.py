@@ -114,12 +114,13 @@ def run_segment(job: dict[str, Any], events: EventWriter) -> dict[str, Any]:
     events.progress(0.0, "reading the image")
     image = read_image(Path(job["input"]))
     events.progress(0.0, "loading the model")
-    bundle = load_bundle(job["model"])
+    bundle = load_bundle(job["model"], read_weights=False)  # read (by torch) only if torch runs it
     result = segment_image(image, bundle, _inference_options(dict(job.get("options") or {})), events.progress)
     write_image(result.mask, Path(job["output"]))
     return {
         "output": str(job["output"]),
         "device": str(result.device),
+        "backend": result.backend,
         "seconds": float(result.seconds),
         "messages": list(result.messages),
         "timings": {key: float(value) for key, value in result.timings.items()},

@@ -8,12 +8,18 @@ installs the build that fits the machine (light-the-torch picks CPU or the CUDA 
 There is no plain ``pip install torch`` fallback: on Linux it pulls a multi-GB CUDA build without
 saying so; without the PyTorch extension the user is told to install it.
 
+A model that ONNX Runtime can run on this computer (a whole-grid 3D model with an ONNX network,
+on the CPU: :func:`pocketseg_core.inference.onnx_backend.choose_backend`) needs no torch at all:
+:func:`ensure_runtime` then asks for ONNX Runtime instead (~30 MB, ``pip install onnxruntime``), and
+falls back to PyTorch only when that is declined or fails.
+
 Nothing is installed in testing mode or by the self-tests: they skip with a message.
 Nothing here imports Qt: dialogs go through ``slicer.util`` only when running inside Slicer.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import re
 import sys
@@ -121,6 +127,79 @@ def ensure_torch(
     return TorchCheck(True, now, f"PyTorch {now} was installed.")
 
 
+ONNXRUNTIME_REQUIREMENT = "onnxruntime>=1.18"
+
+
+def onnxruntime_question() -> str:
+    return (
+        "This model runs on ONNX Runtime, which is not installed in Slicer yet.\n\nInstall it now "
+        f"(pip install {ONNXRUNTIME_REQUIREMENT}, about 30 MB)? Without it, PocketSeg needs PyTorch "
+        "(several hundred MB or more) for this model."
+    )
+
+
+def model_runs_on_onnxruntime(model: str, device: str) -> bool:
+    """Whether ``model`` (a catalog name, task or bundle folder) runs on ONNX Runtime with
+    ``device`` ("auto", "cpu", "cuda"...) on this computer, onnxruntime installed or not (the
+    bundle's config is read, no weights, no torch)."""
+    from pocketseg_core.bundles import read_config, resolve_bundle
+    from pocketseg_core.errors import PocketSegError
+    from pocketseg_core.inference.onnx_backend import onnx_unsupported, uses_gpu_by_default
+    from pocketseg_core.inference.options import InferenceOptions
+
+    try:
+        config = read_config(resolve_bundle(model))
+    except PocketSegError:
+        return False  # the run itself will say what is wrong with the model
+    options = InferenceOptions(device=device)
+    return not onnx_unsupported(config, options) and not (device == "auto" and uses_gpu_by_default())
+
+
+def ensure_runtime(
+    model: str,
+    device: str,
+    ask: Callable[[str], bool],
+    onnx_installer: Callable[[str], Any] | None = None,
+    torch_check: Callable[[], TorchCheck] | None = None,
+    onnx_installed: Callable[[], bool] | None = None,
+) -> TorchCheck:
+    """Make the worker able to run ``model`` on ``device``: ONNX Runtime where the model runs on
+    it (asking before a ``pip install``), else PyTorch (:func:`ensure_torch` via ``torch_check``).
+
+    Args:
+        onnx_installer: ``installer(requirement)`` (default: ``slicer.util.pip_install``).
+        torch_check: the PyTorch check (default: :func:`ensure_torch` with ``ask``).
+        onnx_installed: whether onnxruntime is importable (default: found on the path).
+    """
+    from pocketseg_core.inference.onnx_backend import onnxruntime_installed
+
+    torch_check = torch_check or (lambda: ensure_torch(ask))
+    onnx_installed = onnx_installed or onnxruntime_installed
+    if not model_runs_on_onnxruntime(model, device):
+        return torch_check()
+    if onnx_installed():
+        return TorchCheck(True, installed_torch_version())
+    if not ask(onnxruntime_question()):
+        return torch_check()
+    installer = onnx_installer or _slicer_pip_install
+    try:
+        installer(ONNXRUNTIME_REQUIREMENT)
+    except Exception as error:  # a failed download or pip error: PyTorch is the way left
+        check = torch_check()
+        note = f"ONNX Runtime could not be installed ({type(error).__name__}: {error})."
+        return TorchCheck(check.ok, check.version, f"{note} {check.message}".strip(), check.restart_needed)
+    importlib.invalidate_caches()
+    if not onnx_installed():
+        return torch_check()
+    return TorchCheck(True, installed_torch_version(), "ONNX Runtime was installed.")
+
+
+def _slicer_pip_install(requirement: str) -> None:
+    import slicer
+
+    slicer.util.pip_install(requirement)
+
+
 def pytorch_utils_installer() -> Callable[[str], Any] | None:
     """``installer(requirement)`` through the PyTorch extension, or None when it is absent."""
     try:
@@ -145,4 +224,5 @@ def slicer_ask(question: str) -> bool:
 
     if slicer.app.testingEnabled():
         return False
-    return bool(slicer.util.confirmOkCancelDisplay(question, windowTitle="PocketSeg needs PyTorch"))
+    title = "PocketSeg needs ONNX Runtime" if "ONNX Runtime" in question else "PocketSeg needs PyTorch"
+    return bool(slicer.util.confirmOkCancelDisplay(question, windowTitle=title))

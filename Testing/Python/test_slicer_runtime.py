@@ -130,7 +130,14 @@ def test_module_files_import_neither_torch_nor_tqdm_nor_the_networks():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for name in names:
+                if name in TORCH_FREE_INFERENCE_MODULES:
+                    continue
                 assert not name.startswith(forbidden), f"{path.relative_to(REPO_ROOT)} imports {name}"
+
+
+#: the inference modules that never import torch (the package loads its torch side lazily): the
+#: runtime choice reads a model's config with them (test_onnx_backend runs predict without torch)
+TORCH_FREE_INFERENCE_MODULES = ("pocketseg_core.inference.onnx_backend", "pocketseg_core.inference.options")
 
 
 # --- installing torch -------------------------------------------------------------------------
@@ -194,6 +201,78 @@ def test_without_the_pytorch_extension_nothing_is_pip_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import PyTorchUtils -> ImportError
     check = dependencies.ensure_torch(ask=lambda q: True, version=lambda: None)
     assert not check.ok and "install 'PyTorch' from the Extensions Manager" in check.message
+
+
+def _whole_grid_model(folder):
+    """A bundle folder whose config says ONNX Runtime can run it (whole-grid window, an ONNX
+    network recorded); ensure_runtime reads the config only."""
+    import json
+
+    from Testing.Python.tiny_bundles import make_tiny_bundle
+
+    make_tiny_bundle(folder, fit=False)
+    data = json.loads((folder / "bundle.json").read_text())
+    data["window_size_zyx"], data["onnx_sha256"] = [0, 0, 0], "0" * 64
+    (folder / "bundle.json").write_text(json.dumps(data))
+    return str(folder)
+
+
+def test_a_model_onnx_runtime_runs_asks_for_onnx_runtime_not_pytorch(tmp_path, monkeypatch):
+    from pocketseg_core.inference import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "uses_gpu_by_default", lambda: False)
+    model = _whole_grid_model(tmp_path / "whole")
+    torch_checks, asked, installed = [], [], []
+
+    def torch_check():
+        torch_checks.append(1)
+        return dependencies.TorchCheck(True, "2.13.0")
+
+    # installed: nothing asked, torch never checked
+    check = dependencies.ensure_runtime(
+        model, "auto", asked.append, installed.append, torch_check, onnx_installed=lambda: True
+    )
+    assert check.ok and asked == [] and installed == [] and torch_checks == []
+    # missing: asked once, pip-installed with the floor, then usable
+    present = iter([False, True])
+    check = dependencies.ensure_runtime(
+        model, "cpu", lambda q: asked.append(q) or True, installed.append, torch_check, lambda: next(present)
+    )
+    assert check.ok and "ONNX Runtime was installed" in check.message
+    assert installed == ["onnxruntime>=1.18"] and "about 30 MB" in asked[0] and torch_checks == []
+    # declined, or a GPU asked for, or a windowed model: PyTorch's check decides
+    check = dependencies.ensure_runtime(
+        model, "cpu", lambda q: False, installed.append, torch_check, lambda: False
+    )
+    assert check.ok and torch_checks == [1]
+    dependencies.ensure_runtime(model, "cuda", lambda q: True, installed.append, torch_check, lambda: True)
+    assert torch_checks == [1, 1]
+    windowed = str(make_windowed(tmp_path / "windowed"))
+    dependencies.ensure_runtime(windowed, "cpu", lambda q: True, installed.append, torch_check, lambda: True)
+    assert torch_checks == [1, 1, 1] and installed == ["onnxruntime>=1.18"]
+
+
+def test_a_failed_onnx_runtime_install_falls_back_to_pytorch_and_says_so(tmp_path, monkeypatch):
+    from pocketseg_core.inference import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "uses_gpu_by_default", lambda: False)
+    model = _whole_grid_model(tmp_path / "whole")
+
+    def failing(requirement):
+        raise OSError("No space left on device")
+
+    check = dependencies.ensure_runtime(
+        model, "auto", lambda q: True, failing, lambda: dependencies.TorchCheck(True, "2.13.0"), lambda: False
+    )
+    assert (
+        check.ok and "ONNX Runtime could not be installed (OSError: No space left on device)" in check.message
+    )
+
+
+def make_windowed(folder):
+    from Testing.Python.tiny_bundles import make_tiny_bundle
+
+    return make_tiny_bundle(folder, fit=False)
 
 
 # --- self-tests ---------------------------------------------------------------------------------

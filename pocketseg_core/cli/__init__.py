@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "serve": "serve",
     "web": "web",
+    "export-onnx": "export_onnx",
 }
 
 

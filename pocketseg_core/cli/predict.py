@@ -53,6 +53,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     which.add_argument("--task", choices=TASKS, help="use the installed model for this task")
     which.add_argument("--model", help="model bundle folder, or a name from the model catalog")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnxruntime"),
+        default="auto",
+        help="what runs the network: auto (default: ONNX Runtime for a whole-grid model with an ONNX "
+        "network on the CPU, no torch import; torch otherwise), torch, or onnxruntime",
+    )
     parser.add_argument("--fast", action="store_true", help="coarser working spacing: faster, for CPUs")
     parser.add_argument("--tta", action="store_true", help="average over flipped inputs (slower, smoother)")
     parser.add_argument("--probabilities", help="also write the foreground probabilities (float32) here")
@@ -117,9 +124,10 @@ def run(args: argparse.Namespace) -> int:
         return run_remote(args, jobs)
     if args.token_file:
         raise PocketSegError("--token-file goes with --server URL; without --server the model runs here")
-    bundle = load_bundle(args.model or args.task)
+    bundle = load_bundle(args.model or args.task, read_weights=False)  # torch reads them if it runs
     options = InferenceOptions(
         device=args.device,
+        backend=args.backend,
         fast=args.fast,
         tta=args.tta,
         overlap=args.overlap,
@@ -299,13 +307,15 @@ def progress_bar(name: str, show: bool) -> Iterator[Callable[[float, str], bool]
 
 
 def predict_one(job: PredictJob, bundle: ModelBundle, options, show_progress: bool = True, network=None):
-    """Segment one image and write its outputs; returns the network (to reuse it)."""
-    from pocketseg_core.inference import resolve_device, segment_image
+    """Segment one image and write its outputs; returns the network (torch's or ONNX Runtime's,
+    to reuse it)."""
+    from pocketseg_core.inference import segment_image
+    from pocketseg_core.inference.pipeline import load_network
 
     started = time.perf_counter()
     image = read_image(job.input)
     if network is None:
-        network = bundle.build_network(resolve_device(options.device))
+        network = load_network(bundle, options)
     with progress_bar(job.input.name, show_progress) as progress:
         result = segment_image(image, bundle, options, progress, network=network)
     # all or nothing, and a failure never costs the user an earlier file of the same name
@@ -325,7 +335,8 @@ def print_summary(job: PredictJob, bundle: ModelBundle, result, image: sitk.Imag
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
     print(f"{job.input} -> {job.output}")
     print(
-        f"  model {bundle.config.name} on {result.device}, {seconds:.2f} s (segmentation {result.seconds:.2f} s)"
+        f"  model {bundle.config.name} on {result.device} ({result.backend}), {seconds:.2f} s "
+        f"(segmentation {result.seconds:.2f} s)"
     )
     for label in bundle.config.labels:
         count = int(np.count_nonzero(mask == label.value))

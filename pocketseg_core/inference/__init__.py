@@ -11,6 +11,8 @@ module                 what it holds
 ``postprocess``        probabilities back to the input grid, then the clean-up steps
 ``plausibility``       warnings when a CT mask cannot be its structure (no abdomen, no
                        liver-like tissue under it): :func:`anatomy_warnings`
+``onnx_backend``       the network stage on ONNX Runtime, without torch (whole-grid 3D
+                       models on the CPU): :class:`OnnxNetwork`, :func:`choose_backend`
 ``options``            :class:`InferenceOptions`, :class:`SegmentationResult`
 ``pipeline``           :func:`segment_image` = read -> preprocess -> predict -> postprocess,
                        and :class:`Predictor` (keeps the network between calls)
@@ -19,26 +21,41 @@ module                 what it holds
 Devices (choice, mixed precision, out-of-memory fallback) live in :mod:`pocketseg_core.devices`.
 """
 
-from pocketseg_core.devices import CUDA_PRECISIONS, memory_format, precision_context, resolve_device
-from pocketseg_core.inference.network import (
-    NetworkPredictor,
-    flips_for,
-    predict_probabilities,
-    sliding_window_probabilities,
-    window_divisor,
-)
+import importlib
+
+# Only what needs no torch is imported here: a process that runs a model on ONNX Runtime
+# (onnx_backend) never pays torch's ~1 s import. The torch-side names load on first use.
 from pocketseg_core.inference.options import InferenceOptions, ProgressCallback, SegmentationResult
 from pocketseg_core.inference.pipeline import Predictor, postprocess, preprocess, read_input, segment_image
 from pocketseg_core.inference.postprocess import clean_up, to_input_grid
-from pocketseg_core.inference.windows import (
-    GAUSSIAN_FLOOR,
-    GAUSSIAN_SIGMA_FRACTION,
-    gaussian_importance,
-    resolve_window,
-    sliding_window_inference,
-    window_grid,
-    window_starts,
-)
+
+_LAZY = {
+    "CUDA_PRECISIONS": "pocketseg_core.devices",
+    "memory_format": "pocketseg_core.devices",
+    "precision_context": "pocketseg_core.devices",
+    "resolve_device": "pocketseg_core.devices",
+    "NetworkPredictor": "pocketseg_core.inference.network",
+    "flips_for": "pocketseg_core.inference.network",
+    "predict_probabilities": "pocketseg_core.inference.network",
+    "sliding_window_probabilities": "pocketseg_core.inference.network",
+    "window_divisor": "pocketseg_core.inference.network",
+    "GAUSSIAN_FLOOR": "pocketseg_core.inference.windows",
+    "GAUSSIAN_SIGMA_FRACTION": "pocketseg_core.inference.windows",
+    "gaussian_importance": "pocketseg_core.inference.windows",
+    "resolve_window": "pocketseg_core.inference.windows",
+    "sliding_window_inference": "pocketseg_core.inference.windows",
+    "window_grid": "pocketseg_core.inference.windows",
+    "window_starts": "pocketseg_core.inference.windows",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "GAUSSIAN_FLOOR",

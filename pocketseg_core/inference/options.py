@@ -50,6 +50,10 @@ class InferenceOptions:
     #: window (z, y, x) instead of the bundle's (0 = whole axis); larger windows mean far fewer
     #: overlapping voxels to compute, but a network with instance norm sees other statistics
     window_size_zyx: tuple[int, int, int] | None = None
+    #: what runs the network: "auto" (ONNX Runtime for a whole-grid model with an ONNX network on
+    #: the CPU, torch otherwise: pocketseg_core.inference.onnx_backend.choose_backend), "torch",
+    #: or "onnxruntime" (an error where it cannot run)
+    backend: str = "auto"
 
     @classmethod
     def without_clean_up(cls, **changes: Any) -> InferenceOptions:
@@ -74,3 +78,4 @@ class SegmentationResult:
     seconds: float
     messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    backend: str = "torch"  # what ran the network: "torch" or "onnxruntime"

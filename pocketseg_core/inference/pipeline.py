@@ -6,10 +6,12 @@
    model given an MR and vice versa); reorient to the bundle's orientation (permute/flip only)
    and resample linearly to the working spacing (the bundle's ``fast_spacing`` in fast mode);
    normalise intensities (:mod:`pocketseg_core.preprocessing`);
-3. predict (:func:`~pocketseg_core.inference.network.predict_probabilities`): slide the
-   bundle's window (3D patches, 5-slice slabs or 2D slices) over the volume in batches,
+3. predict: on torch (:func:`~pocketseg_core.inference.network.predict_probabilities`), slide
+   the bundle's window (3D patches, 5-slice slabs or 2D slices) over the volume in batches,
    blending softmax probabilities with Gaussian weights, optionally averaged over flips; on
-   CUDA under autocast, with the out-of-memory fallback of :mod:`pocketseg_core.devices`;
+   CUDA under autocast, with the out-of-memory fallback of :mod:`pocketseg_core.devices`. A
+   whole-grid model with an ONNX network runs on ONNX Runtime instead where it can (the CPU;
+   :mod:`pocketseg_core.inference.onnx_backend`): one pass, and no torch import at all;
 4. postprocess (:func:`postprocess`): probabilities back to the input grid linearly, then
    threshold/argmax, then the clean-up steps the options switch on
    (:mod:`pocketseg_core.inference.postprocess`); a CT model's mask that cannot be its
@@ -24,20 +26,23 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from pocketseg_core import io
-from pocketseg_core.bundles import BundleConfig, ModelBundle
+from pocketseg_core.bundles import BundleConfig, ModelBundle, read_onnx_model
 from pocketseg_core.devices import check_precision, cpu_precision, resolve_device, use_channels_last
 from pocketseg_core.errors import Cancelled, InputImageError
-from pocketseg_core.inference.network import predict_probabilities
+from pocketseg_core.inference.onnx_backend import OnnxNetwork, choose_backend
 from pocketseg_core.inference.options import InferenceOptions, ProgressCallback, SegmentationResult
 from pocketseg_core.inference.plausibility import anatomy_warnings
 from pocketseg_core.inference.postprocess import clean_up, to_input_grid
 from pocketseg_core.preprocessing import WorkingGrid, modality_warning, to_working_grid
+
+if TYPE_CHECKING:
+    import torch
 
 # progress fractions of the stages
 _PREPROCESS_END = 0.1
@@ -70,6 +75,16 @@ def preprocess(image: sitk.Image, config: BundleConfig, fast: bool, messages: li
     return to_working_grid(image, config.orientation, spacing, config.preprocessing)
 
 
+def load_network(bundle: ModelBundle, options: InferenceOptions, messages: list[str] | None = None) -> Any:
+    """The bundle's network ready for ``options``: an :class:`OnnxNetwork` where ONNX Runtime
+    runs it (:func:`~pocketseg_core.inference.onnx_backend.choose_backend`), else the torch
+    network on the device the options resolve to (torch is imported only then)."""
+    backend, _reason = choose_backend(bundle.config, options)
+    if backend == "onnxruntime":
+        return OnnxNetwork(read_onnx_model(bundle))
+    return bundle.build_network(resolve_device(options.device, messages))
+
+
 def postprocess(
     probabilities: np.ndarray,
     grid: WorkingGrid,
@@ -93,7 +108,7 @@ def segment_image(
     bundle: ModelBundle,
     options: InferenceOptions | None = None,
     progress: ProgressCallback | None = None,
-    network: torch.nn.Module | None = None,
+    network: torch.nn.Module | OnnxNetwork | None = None,
 ) -> SegmentationResult:
     """Segment ``image`` with ``bundle``; the mask lies on exactly the input's grid.
 
@@ -103,8 +118,9 @@ def segment_image(
         options: see :class:`InferenceOptions`.
         progress: ``progress(fraction, message)``; returning ``False`` cancels (raises
             :class:`Cancelled` within one batch of windows; nothing is written anywhere).
-        network: an already built network of the bundle (saves rebuilding it for many images;
-            :class:`Predictor` keeps one for you).
+        network: an already built network of the bundle, torch's or ONNX Runtime's (saves
+            rebuilding it for many images; :func:`load_network` makes one, :class:`Predictor`
+            keeps one for you); None: :func:`load_network`.
 
     Raises:
         InputImageError: not 3D, NaN/inf voxels, a constant image.
@@ -112,6 +128,9 @@ def segment_image(
     """
     options = options or InferenceOptions()
     check_precision(options.precision)  # before any compute
+    if network is None:
+        network = load_network(bundle, options)
+    on_onnx = isinstance(network, OnnxNetwork)
     config = bundle.config
     started = time.perf_counter()
     messages: list[str] = []
@@ -123,37 +142,24 @@ def segment_image(
 
     report(0.0, "checking the image")
     image = read_input(image)
-    device = resolve_device(options.device, messages)
+    device = None if on_onnx else resolve_device(options.device, messages)
 
     tick = time.perf_counter()
     grid = preprocess(image, config, options.fast, messages)
     timings["preprocess"] = time.perf_counter() - tick
     report(_PREPROCESS_END, "preprocessed")
 
-    precision = options.precision if options.amp else "float32"
-    if device.type == "cpu":
-        cpu_precision(precision, messages)  # says so when bfloat16 was asked for but is not native
+    def network_progress(fraction: float, message: str) -> None:
+        report(_PREPROCESS_END + (_WINDOWS_END - _PREPROCESS_END) * fraction, message)
+
     tick = time.perf_counter()
-    if network is None:
-        network = bundle.build_network(device)
-    probabilities, used_device = predict_probabilities(
-        grid.volume,
-        network,
-        tuple(options.window_size_zyx) if options.window_size_zyx else config.window_size_zyx,
-        config.window_mode,
-        config.num_classes,
-        device,
-        tta=options.tta,
-        overlap=options.overlap,
-        batch_size=options.batch_size,
-        precision=precision,
-        channels_last=use_channels_last(options.channels_last, device, config.window_mode),
-        compile=options.compile,
-        messages=messages,
-        progress=lambda fraction, message: report(
-            _PREPROCESS_END + (_WINDOWS_END - _PREPROCESS_END) * fraction, message
-        ),
-    )
+    if on_onnx:
+        probabilities = network.probabilities(grid.volume, config.num_classes, options.tta, network_progress)
+        used_device = "cpu"
+    else:
+        probabilities, used_device = _torch_probabilities(
+            grid, network, config, options, device, messages, network_progress
+        )
     timings["network"] = time.perf_counter() - tick
     report(_WINDOWS_END, "mapping back to the input grid")
 
@@ -175,6 +181,40 @@ def segment_image(
         seconds=time.perf_counter() - started,
         messages=messages,
         timings=timings,
+        backend="onnxruntime" if on_onnx else "torch",
+    )
+
+
+def _torch_probabilities(
+    grid: WorkingGrid,
+    network: torch.nn.Module,
+    config: BundleConfig,
+    options: InferenceOptions,
+    device: torch.device,
+    messages: list[str],
+    progress: ProgressCallback,
+) -> tuple[np.ndarray, torch.device]:
+    """The predict stage on torch: the bundle's windows, blended, on ``device``."""
+    from pocketseg_core.inference.network import predict_probabilities
+
+    precision = options.precision if options.amp else "float32"
+    if device.type == "cpu":
+        cpu_precision(precision, messages)  # says so when bfloat16 was asked for but is not native
+    return predict_probabilities(
+        grid.volume,
+        network,
+        tuple(options.window_size_zyx) if options.window_size_zyx else config.window_size_zyx,
+        config.window_mode,
+        config.num_classes,
+        device,
+        tta=options.tta,
+        overlap=options.overlap,
+        batch_size=options.batch_size,
+        precision=precision,
+        channels_last=use_channels_last(options.channels_last, device, config.window_mode),
+        compile=options.compile,
+        messages=messages,
+        progress=progress,
     )
 
 
@@ -190,11 +230,11 @@ class Predictor:
     def __init__(self, bundle: ModelBundle, options: InferenceOptions | None = None) -> None:
         self.bundle = bundle
         self.options = options or InferenceOptions()
-        self._network: torch.nn.Module | None = None
+        self._network: torch.nn.Module | OnnxNetwork | None = None
 
     @property
-    def network(self) -> torch.nn.Module | None:
-        """The kept network (None until the first call)."""
+    def network(self) -> torch.nn.Module | OnnxNetwork | None:
+        """The kept network, torch's or ONNX Runtime's (None until the first call)."""
         return self._network
 
     def segment(
@@ -208,7 +248,7 @@ class Predictor:
         options = options or self.options
         image = source if isinstance(source, sitk.Image) else io.read_image(source)
         if self._network is None:
-            self._network = self.bundle.build_network(resolve_device(options.device))
+            self._network = load_network(self.bundle, options)
         return segment_image(image, self.bundle, options, progress, network=self._network)
 
     __call__ = segment

@@ -81,8 +81,10 @@ def _clean_up_steps(
     if steps.keep_largest_component:
         mask = keep_largest_component(mask)
     if steps.cut_thin_bridges and postprocessing.get("cut_below_waist"):
+        kept = np.count_nonzero(sitk.GetArrayViewFromImage(mask))
         mask = cut_below_waist(mask)  # on the kept body: a stray blob has no waist
-        if steps.keep_largest_component:
+        # only a cut (it only removes voxels) can leave pieces behind
+        if steps.keep_largest_component and np.count_nonzero(sitk.GetArrayViewFromImage(mask)) != kept:
             mask = keep_largest_component(mask)
     bundle_fill = postprocessing.get("fill_holes") if steps.bundle_fill_holes else None
     if bundle_fill == "slices":

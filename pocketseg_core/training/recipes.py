@@ -425,8 +425,26 @@ def train_recipe(
         if state is None:
             continue
         models[run] = save_bundle(run_dir / "model", config.bundle_config(config.name, record), state)
+        export_onnx_if_whole_grid(config, models[run])
         logger.info("%s/%s: model bundle %s", config.name, run, models[run])
     return models
+
+
+def export_onnx_if_whole_grid(config: TrainingConfig, bundle: Path) -> None:
+    """Give a whole-grid 3D model its ONNX network (what ``pocketseg predict`` runs on the CPU
+    without torch), as the shipped bundle of such a recipe has; said in the log when the onnx
+    package is missing (the torch path still runs the bundle)."""
+    if config.window_mode != "patch3d" or any(int(w) != 0 for w in config.window_size_zyx):
+        return
+    from pocketseg_core.onnx_export import export_bundle, onnx_export_problem
+
+    problem = onnx_export_problem()
+    if problem:
+        logger.warning(
+            "%s: no ONNX network exported (%s); pocketseg export-onnx %s adds it", bundle, problem, bundle
+        )
+        return
+    export_bundle(bundle)
 
 
 def train_stage(

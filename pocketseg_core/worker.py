@@ -110,7 +110,9 @@ def run_segment(job: dict[str, Any], events: EventWriter) -> dict[str, Any]:
     from pocketseg_core.bundles import load_bundle
     from pocketseg_core.inference import segment_image
     from pocketseg_core.io import read_image, write_image
+    from pocketseg_core.malloc_tuning import tune_malloc_for_large_arrays
 
+    tune_malloc_for_large_arrays()  # the worker process is the job's own
     events.progress(0.0, "reading the image")
     image = read_image(Path(job["input"]))
     events.progress(0.0, "loading the model")

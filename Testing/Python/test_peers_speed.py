@@ -95,7 +95,8 @@ def test_command_line_times_pocketseg_against_a_peer(tmp_path: Path, capsys) -> 
     (report_path,) = (tmp_path / "out").glob("peers_speed_*.json")
     report = json.loads(report_path.read_text(encoding="utf-8"))
     medians = report["summary"]["medians"]
-    assert medians["pocketseg"]["cpu_s"] > 0.5  # it imports torch and segments: not a no-op
+    # it segments (on ONNX Runtime, no torch import: ~0.3 CPU s for this small head): not a no-op
+    assert medians["pocketseg"]["cpu_s"] > 0.15
     assert report["summary"]["ratio_wall"] == pytest.approx(
         medians["pocketseg"]["wall_s"] / medians["fake"]["wall_s"]
     )

@@ -124,3 +124,28 @@ def test_predict_liver_on_real_ct(shared_data: Path, tmp_path: Path) -> None:
     centre_x = mask.TransformContinuousIndexToPhysicalPoint(points.tolist())[0]
     body_x = mask.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in mask.GetSize()])[0]
     assert centre_x < body_x
+
+
+def test_shipped_onnx_networks_are_catalogued_and_match_torch(shared_data: Path) -> None:
+    """Every shipped ONNX network is the catalog's file, and ONNX Runtime gives torch's mask on a
+    real head (a whole-grid model: one pass either way)."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (requirements.txt has it)")
+    from pocketseg_core.bundles import ONNX_FILE
+    from pocketseg_core.inference import InferenceOptions, segment_image
+    from pocketseg_core.metrics import dice
+
+    with_onnx = [name for name in SHIPPED_MODELS if _catalog_entry(name).get("onnx_sha256")]
+    assert "pocketnet-skullstrip" in with_onnx  # the default skull strip runs without torch
+    for name in with_onnx:
+        entry = _catalog_entry(name)
+        folder = SHIPPED_CATALOG.parent / entry["path"]
+        assert sha256_of(folder / ONNX_FILE) == entry["onnx_sha256"] == load_bundle(name).config.onnx_sha256
+    image = sitk.ReadImage(str(shared_file(shared_data, "brain/robex_atlas_t1.nii.gz")))
+    bundle = load_bundle("skullstrip")
+    masks = {
+        backend: sitk.GetArrayFromImage(
+            segment_image(image, bundle, InferenceOptions(device="cpu", backend=backend)).mask
+        )
+        for backend in ("torch", "onnxruntime")
+    }
+    assert dice(masks["torch"], masks["onnxruntime"]) > 0.9999

@@ -190,11 +190,15 @@ def test_gil_holding_host_cancel_ends_the_skull_strip_within_a_second(head):
     scene = context.scene
     before = node_ids(scene)
     host = GilHoldingHost()
-    running = PocketSegLogic(context).start_segment(volume, "skullstrip", CPU)
+    # flip averaging: four network passes (one pass over the whole head is ~0.3 s, over before a
+    # poll could see it), so Cancel lands while the network is at work, between passes
+    running = PocketSegLogic(context).start_segment(
+        volume, "skullstrip", SegmentOptions(device="cpu", tta=True)
+    )
     process, work_dir = running.run.process, running.run.work_dir
-    # press Cancel once the network is running (windows under way), as a user would
+    # press Cancel once the network is running (passes or windows under way), as a user would
     deadline = time.perf_counter() + 300
-    while not running.status().message.startswith("window"):
+    while not running.status().message.startswith(("window", "pass")):
         host.idle()
         assert time.perf_counter() < deadline and not running.status().done
     pressed = time.perf_counter()

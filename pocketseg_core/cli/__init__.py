@@ -40,9 +40,13 @@ def build_parser(available: dict[str, object] | None = None) -> argparse.Argumen
     return parser
 
 
-def _load_commands() -> dict[str, object]:
+def _load_commands(only: str | None = None) -> dict[str, object]:
+    """The command modules: all of them, or ``only`` that one (a run of one command imports
+    nothing of the others: ``pocketseg predict`` starts without the server's or training's)."""
     modules = {}
     for name, module_name in COMMANDS.items():
+        if only is not None and name != only:
+            continue
         try:
             modules[name] = importlib.import_module(f"{__name__}.{module_name}")
         except ModuleNotFoundError as error:
@@ -54,7 +58,8 @@ def _load_commands() -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    modules = _load_commands()
+    given = sys.argv[1:] if argv is None else argv
+    modules = _load_commands(given[0] if given and given[0] in COMMANDS else None)
     parser = build_parser(modules)
     args = parser.parse_args(argv)
     if args.command is None:

@@ -110,6 +110,9 @@ class PredictJob:
 
 def run(args: argparse.Namespace) -> int:
     from pocketseg_core.inference import InferenceOptions
+    from pocketseg_core.malloc_tuning import tune_malloc_for_large_arrays
+
+    tune_malloc_for_large_arrays()  # this process is the job's own (pocketseg_core.malloc_tuning)
 
     if not args.task and not args.model:
         raise PocketSegError("choose a model: --task skullstrip, --task liver, or --model PATH_OR_NAME")

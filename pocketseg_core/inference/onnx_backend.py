@@ -107,7 +107,7 @@ def cpu_threads() -> int:
 
 
 class OnnxNetwork:
-    """A bundle's ONNX network in an ONNX Runtime CPU session: ``(z, y, x)`` volume -> softmax
+    """A bundle's ONNX network in an ONNX Runtime ``InferenceSession`` on the CPU: ``(z, y, x)`` volume -> softmax
     probabilities ``(K, z, y, x)``, in one pass over the whole (padded) volume.
 
     Args:
@@ -121,27 +121,31 @@ class OnnxNetwork:
     def __init__(self, model: bytes, threads: int | None = None) -> None:
         import onnxruntime
 
-        session_options = onnxruntime.SessionOptions()
-        session_options.intra_op_num_threads = threads or cpu_threads()
-        session_options.inter_op_num_threads = 1
-        session_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session_options.log_severity_level = 3  # errors only: its warnings are not the user's business
+        runtime_options = onnxruntime.SessionOptions()
+        runtime_options.intra_op_num_threads = threads or cpu_threads()
+        runtime_options.inter_op_num_threads = 1
+        runtime_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        runtime_options.log_severity_level = 3  # errors only: its warnings are not the user's business
+        # no memory pattern: it plans one block for a whole pass from the first pass's sizes and
+        # allocates it beside the arena's chunks, which doubled the memory of the second and later
+        # passes (287 -> 535 MB for the skull strip) for no speed (docs/speed.md)
+        runtime_options.enable_mem_pattern = False
         try:
-            self.session = onnxruntime.InferenceSession(
-                model, session_options, providers=["CPUExecutionProvider"]
+            self.runtime = onnxruntime.InferenceSession(
+                model, runtime_options, providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # onnxruntime raises its own exception types
             raise PocketSegError(
                 f"ONNX Runtime cannot load the model's ONNX network ({error}); re-export it with "
                 "pocketseg models export-onnx, or run with --backend torch"
             ) from None
-        self.divisor = divisor_of(self.session)
-        self.threads = session_options.intra_op_num_threads
+        self.divisor = divisor_of(self.runtime)
+        self.threads = runtime_options.intra_op_num_threads
 
     def logits(self, volume: np.ndarray) -> np.ndarray:
         """Raw network output ``(K, z, y, x)`` float32 of a padded ``(z, y, x)`` volume."""
         inputs = np.ascontiguousarray(volume, dtype=np.float32)[None, None]
-        return self.session.run([ONNX_OUTPUT], {ONNX_INPUT: inputs})[0][0]
+        return self.runtime.run([ONNX_OUTPUT], {ONNX_INPUT: inputs})[0][0]
 
     def probabilities(
         self,
@@ -188,9 +192,9 @@ class OnnxNetwork:
         return np.ascontiguousarray(result[:, : shape[0], : shape[1], : shape[2]], dtype=np.float32)
 
 
-def divisor_of(session: Any) -> tuple[int, int, int]:
+def divisor_of(runtime: Any) -> tuple[int, int, int]:
     """The ``spatial_divisor`` the export wrote into the ONNX model's metadata."""
-    text = session.get_modelmeta().custom_metadata_map.get(DIVISOR_KEY, "")
+    text = runtime.get_modelmeta().custom_metadata_map.get(DIVISOR_KEY, "")
     try:
         divisor = tuple(int(v) for v in text.split(","))
     except ValueError:

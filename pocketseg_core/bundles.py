@@ -19,6 +19,7 @@ Bundles are found by path, by name in one of two catalogs, or by task alias:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,18 +366,30 @@ def save_bundle(folder: str | os.PathLike, config: BundleConfig, state_dict: Map
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    temp = _staging_folder(folder)
-    try:
+    with _staged(folder) as temp:
         weights = {k: v.detach().cpu().clone() if hasattr(v, "detach") else v for k, v in state_dict.items()}
         torch.save(weights, temp / WEIGHTS_FILE)
         config.weights_sha256 = sha256_of(temp / WEIGHTS_FILE)
         config.validate()
-        (temp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        _write_config(temp, config)
+    return folder
+
+
+@contextlib.contextmanager
+def _staged(folder: Path) -> Iterator[Path]:
+    """A new staging folder beside ``folder`` to write a bundle's files in: when the block ends
+    without error it replaces ``folder`` as a whole (:func:`_replace_folder`), else it is removed."""
+    temp = _staging_folder(folder)
+    try:
+        yield temp
         _replace_folder(temp, folder)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    return folder
+
+
+def _write_config(folder: Path, config: BundleConfig) -> None:
+    (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
 def _staging_folder(target: Path) -> Path:
@@ -508,16 +521,11 @@ def add_onnx_model(folder: str | os.PathLike, model: bytes) -> Path:
     its sha256; atomic like :func:`save_bundle` (the weights are copied unchanged)."""
     folder = Path(folder)
     config = read_config(folder)
-    temp = _staging_folder(folder)
-    try:
+    with _staged(folder) as temp:
         shutil.copy2(folder / WEIGHTS_FILE, temp / WEIGHTS_FILE)
         (temp / ONNX_FILE).write_bytes(model)
         config.onnx_sha256 = hashlib.sha256(model).hexdigest()
-        (temp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        _replace_folder(temp, folder)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+        _write_config(temp, config)
     return folder
 
 
@@ -644,16 +652,11 @@ def register_bundle(path: str | os.PathLike, name: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.resolve() == source.resolve():
         return target
-    temp = _staging_folder(target)
-    try:
+    with _staged(target) as temp:
         shutil.copy2(source / CONFIG_FILE, temp / CONFIG_FILE)
         shutil.copy2(source / WEIGHTS_FILE, temp / WEIGHTS_FILE)
         if bundle.config.onnx_sha256:
             shutil.copy2(source / ONNX_FILE, temp / ONNX_FILE)
-        _replace_folder(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return target
 
 

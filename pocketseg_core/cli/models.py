@@ -2,7 +2,8 @@
 cost next to the paper's.
 
 Without ``--json`` tables for people; with ``--json`` one JSON object
-``{"bundles": [{name, task, title, modality, version, source, path, weights_sha256, default}],
+``{"bundles": [{name, task, title, modality, version, source, path, weights_sha256, onnx_sha256,
+default}],
 "networks": [{name, params, paper_params, params_ratio, gflops, gmacs, paper_gflops, ...}]}``;
 ``default`` marks the model a task alias (``--task liver``, the one-click button) runs.
 """

@@ -415,22 +415,18 @@ class PocketSegWebApp(TrameApp):
                 )
                 html.Div("3. Download (edits included)", classes="text-caption mt-3")
                 with html.Div(classes="d-flex flex-column ga-1 my-1"):
-                    v3.VBtn(
-                        "Mask",
-                        id="ps-download-mask",
-                        disabled=("!ps_has_result || ps_running",),
-                        prepend_icon="mdi-download",
-                        variant="tonal",
-                        click=f"utils.download(ps_mask_name, trigger('{mask_trigger}'), 'application/octet-stream')",
-                    )
-                    v3.VBtn(
-                        "Segmentation",
-                        id="ps-download-seg",
-                        disabled=("!ps_has_result || ps_running",),
-                        prepend_icon="mdi-download",
-                        variant="tonal",
-                        click=f"utils.download(ps_seg_name, trigger('{seg_trigger}'), 'application/octet-stream')",
-                    )
+                    for label, element_id, file_name, trigger_name in (
+                        ("Mask", "ps-download-mask", "ps_mask_name", mask_trigger),
+                        ("Segmentation", "ps-download-seg", "ps_seg_name", seg_trigger),
+                    ):
+                        v3.VBtn(
+                            label,
+                            id=element_id,
+                            disabled=("!ps_has_result || ps_running",),
+                            prepend_icon="mdi-download",
+                            variant="tonal",
+                            click=f"utils.download({file_name}, trigger('{trigger_name}'), 'application/octet-stream')",
+                        )
                     html.Div(
                         "{{ ps_mask_name }} (on the input's grid), {{ ps_seg_name }}",
                         v_if=("ps_has_result",),

@@ -36,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
             f"{folder} is a shipped model: its files are checked against the catalog; "
             "export a copy of it instead"
         )
-    read_config(folder)  # a clear error for a folder that is not a bundle
-    export_bundle(folder)
+    export_bundle(folder)  # loading the bundle first says what is wrong with a folder that is not one
     config = read_config(folder)
     print(f"{folder / ONNX_FILE}: sha256 {config.onnx_sha256}")
     return 0

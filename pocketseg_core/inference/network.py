@@ -11,7 +11,6 @@ augmentation over it, as :func:`~pocketseg_core.inference.segment_image` runs it
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,27 +23,14 @@ from pocketseg_core.devices import (
     precision_context,
     prepare_network,
 )
-from pocketseg_core.errors import InputImageError, PocketSegError
-from pocketseg_core.inference.windows import resolve_window, sliding_window_inference
+from pocketseg_core.errors import PocketSegError
+from pocketseg_core.inference.windows import (
+    check_window_is_large_enough,
+    resolve_window,
+    sliding_window_inference,
+)
 
 WINDOW_MODES = ("patch3d", "slab", "slice2d")
-
-
-def check_window_is_large_enough(shape: Sequence[int], window: Sequence[int], divisor: Sequence[int]) -> None:
-    """Refuse a volume so small that the network's coarsest level would hold a single voxel
-    (instance normalisation has no statistics there: torch raises deep inside the network).
-
-    Raises:
-        InputImageError: names the working-grid size; the field of view must be larger.
-    """
-    coarsest = [w // d for w, d in zip(window, divisor, strict=True)]
-    if math.prod(coarsest) < 2:
-        size = "x".join(str(s) for s in reversed(tuple(shape)))
-        raise InputImageError(
-            f"the image is too small for this model: {size} voxels (x, y, z) at the model's working "
-            f"spacing, which its {max(divisor)}-fold downsampling reduces to a single voxel; give an "
-            f"image with a larger field of view (a whole head or abdomen)."
-        )
 
 
 def window_divisor(network: torch.nn.Module, window_mode: str) -> tuple[int, int, int]:

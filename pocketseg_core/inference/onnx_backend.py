@@ -1,7 +1,7 @@
 """The network stage without torch: a bundle's ONNX network in ONNX Runtime on the CPU.
 
 A bundle may carry ``network.onnx``, exported from its ``weights.pt`` by
-:func:`pocketseg_core.onnx_export.export_onnx` (same maths, checked against torch by the tests)
+:func:`pocketseg_core.onnx_export.export_bundle` (same maths, checked against torch by the tests)
 and recorded by sha256 in ``bundle.json`` and the shipped catalog. Where the bundle's window is
 the whole working grid (``window_size_zyx`` all 0: one pass, nothing to blend), ONNX Runtime
 runs it on the CPU with no torch import at all: a ~30 MB install instead of torch's ~700 MB,
@@ -15,14 +15,14 @@ Nothing here imports torch; ``onnxruntime`` is imported on first use.
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from pocketseg_core.errors import InputImageError, PocketSegError
+from pocketseg_core.errors import PocketSegError
+from pocketseg_core.inference.windows import check_window_is_large_enough, resolve_window
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 ONNX_INPUT = "image"
@@ -137,7 +137,7 @@ class OnnxNetwork:
         except Exception as error:  # onnxruntime raises its own exception types
             raise PocketSegError(
                 f"ONNX Runtime cannot load the model's ONNX network ({error}); re-export it with "
-                "pocketseg models export-onnx, or run with --backend torch"
+                "pocketseg export-onnx, or run with --backend torch"
             ) from None
         self.divisor = divisor_of(self.runtime)
         self.threads = runtime_options.intra_op_num_threads
@@ -162,14 +162,8 @@ class OnnxNetwork:
         the torch path pads a window (:mod:`pocketseg_core.inference.windows`).
         """
         shape = tuple(int(s) for s in volume.shape)
-        padded_shape = [int(math.ceil(s / d) * d) for s, d in zip(shape, self.divisor, strict=True)]
-        if math.prod(p // d for p, d in zip(padded_shape, self.divisor, strict=True)) < 2:
-            size = "x".join(str(s) for s in reversed(shape))
-            raise InputImageError(
-                f"the image is too small for this model: {size} voxels (x, y, z) at the model's working "
-                f"spacing, which its {max(self.divisor)}-fold downsampling reduces to a single voxel; give "
-                "an image with a larger field of view (a whole head)."
-            )
+        padded_shape = resolve_window(shape, (0, 0, 0), self.divisor)  # one window: the whole grid
+        check_window_is_large_enough(shape, padded_shape, self.divisor)
         padded = np.full(padded_shape, volume.min(), dtype=np.float32)
         padded[: shape[0], : shape[1], : shape[2]] = volume
         flips: list[tuple[int, ...]] = [()] + ([(0,), (1,), (2,)] if tta else [])
@@ -202,7 +196,7 @@ def divisor_of(runtime: Any) -> tuple[int, int, int]:
     if len(divisor) != 3 or min(divisor) < 1:
         raise PocketSegError(
             f"the model's ONNX network does not record its {DIVISOR_KEY} (got {text!r}); re-export it "
-            "with pocketseg models export-onnx"
+            "with pocketseg export-onnx"
         )
     return divisor
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pocketseg_core.devices import OutOfMemoryFallback
-from pocketseg_core.errors import PocketSegError
+from pocketseg_core.errors import InputImageError, PocketSegError
+
+if TYPE_CHECKING:  # torch is imported where windows are run: planning them needs none
+    import torch
 
 #: Gaussian importance sigma as a fraction of the window size (nnU-Net's choice; the papers
 #: are silent: PocketNet's code averaged stride-1 slabs uniformly).
@@ -27,7 +30,7 @@ GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0
 GAUSSIAN_FLOOR = 1e-3
 
 #: ``predictor(windows (B, 1, wz, wy, wx)) -> outputs (B, K, wz, wy, wx)`` float32, same device
-WindowPredictor = Callable[[torch.Tensor], torch.Tensor]
+WindowPredictor = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 def gaussian_importance(
@@ -35,6 +38,8 @@ def gaussian_importance(
 ) -> torch.Tensor:
     """Separable Gaussian weights of a window ``(wz, wy, wx)``, peak 1 at the centre, floor
     :data:`GAUSSIAN_FLOOR`. An axis of size 1 has weight 1."""
+    import torch
+
     weights = torch.ones(tuple(int(w) for w in window_size), dtype=torch.float32)
     for axis, size in enumerate(window_size):
         if size <= 1:
@@ -68,6 +73,23 @@ def resolve_window(
         length = size if wanted == 0 else min(wanted, size)
         window.append(int(math.ceil(length / divisor) * divisor))
     return tuple(window)
+
+
+def check_window_is_large_enough(shape: Sequence[int], window: Sequence[int], divisor: Sequence[int]) -> None:
+    """Refuse a volume so small that the network's coarsest level would hold a single voxel
+    (instance normalisation has no statistics there: torch raises deep inside the network).
+
+    Raises:
+        InputImageError: names the working-grid size; the field of view must be larger.
+    """
+    coarsest = [w // d for w, d in zip(window, divisor, strict=True)]
+    if math.prod(coarsest) < 2:
+        size = "x".join(str(s) for s in reversed(tuple(shape)))
+        raise InputImageError(
+            f"the image is too small for this model: {size} voxels (x, y, z) at the model's working "
+            f"spacing, which its {max(divisor)}-fold downsampling reduces to a single voxel; give an "
+            f"image with a larger field of view (a whole head or abdomen)."
+        )
 
 
 def window_grid(
@@ -113,6 +135,8 @@ def sliding_window_inference(
     Returns:
         ``(outputs (K, z, y, x) float32 on the CPU, device the run ended on)``.
     """
+    import torch
+
     if not 0.0 <= overlap < 1.0:
         raise PocketSegError(f"overlap must be in [0, 1), got {overlap}")
     state = fallback or OutOfMemoryFallback(torch.device(device), batch_size)

@@ -118,6 +118,9 @@ class BundleConfig:
     spacing: tuple[float, float, float]
     window_mode: str = "patch3d"
     window_size_zyx: tuple[int, int, int] = (96, 96, 96)
+    #: ``slice2d`` only: neighbouring slices each side that the network sees as extra input
+    #: channels (2.5D: ``2 c + 1`` channels, the slice itself in the middle; 0 = one slice)
+    context_slices: int = 0
     network_args: dict[str, Any] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=lambda: {"kind": "mr_zscore"})
     fast_spacing: tuple[float, float, float] | None = None
@@ -186,6 +189,7 @@ class BundleConfig:
                 f"{where}: window_size_zyx[0] (slices per window) must be > 0 for {self.window_mode}"
             )
         self.window_size_zyx = size
+        self._validate_context_slices(where)
         kind = self.preprocessing.get("kind") if isinstance(self.preprocessing, Mapping) else None
         if kind not in PREPROCESSING_KINDS:
             raise BundleError(
@@ -220,6 +224,22 @@ class BundleConfig:
         if self.orientation not in ("LPS", "RAS"):
             raise BundleError(f"{where}: orientation must be 'LPS' or 'RAS', got {self.orientation!r}")
 
+    def _validate_context_slices(self, where: str) -> None:
+        context = self.context_slices
+        if not isinstance(context, int) or isinstance(context, bool) or context < 0:
+            raise BundleError(f"{where}: context_slices must be an integer >= 0, got {context!r}")
+        if context and self.window_mode != "slice2d":
+            raise BundleError(
+                f"{where}: context_slices is for 2D networks (window_mode slice2d), not {self.window_mode}"
+            )
+        in_channels = self.network_args.get("in_channels", 1) if isinstance(self.network_args, Mapping) else 1
+        if in_channels != 2 * context + 1:
+            raise BundleError(
+                f"{where}: the network takes {in_channels} input channel(s) but context_slices "
+                f"{context} gives {2 * context + 1} (the slice and {context} neighbour(s) each side); "
+                "set network_args.in_channels to 2 * context_slices + 1"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["labels"] = [label.to_dict() for label in self.labels]
@@ -228,6 +248,8 @@ class BundleConfig:
         data["window_size_zyx"] = list(self.window_size_zyx)
         if not self.onnx_sha256:
             del data["onnx_sha256"]  # bundles without an ONNX network keep the format they had
+        if not self.context_slices:
+            del data["context_slices"]  # one-slice and 3D bundles keep the format they had
         return data
 
     @classmethod

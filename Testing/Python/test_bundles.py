@@ -162,6 +162,12 @@ def test_weights_of_another_network_are_a_bundle_error(bundle_path):
         ({"postprocessing": {"opening": 2}}, r"unknown postprocessing keys \['opening'\]"),
         ({"postprocessing": {"fill_holes": "2d"}}, "fill_holes must be one of"),
         ({"postprocessing": {"cut_below_waist": "yes"}}, "cut_below_waist must be true or false"),
+        ({"context_slices": -1}, "context_slices must be an integer >= 0"),
+        ({"context_slices": 2}, "context_slices is for 2D networks"),  # tiny_config is patch3d
+        (
+            {"context_slices": 2, "window_mode": "slice2d", "network": "pocket_unet2d"},
+            r"takes 1 input channel\(s\) but context_slices 2 gives 5",
+        ),
     ],
 )
 def test_invalid_config_names_the_field(change, message):

@@ -23,6 +23,7 @@ from pocketseg_core.inference import (
     segment_image,
     sliding_window_inference,
     sliding_window_probabilities,
+    stack_context_slices,
     window_grid,
     window_starts,
 )
@@ -114,6 +115,34 @@ def test_sliding_window_reproduces_the_whole_volume_pass(volume, mode, window, s
         torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
         assert max(network.batch_sizes) == batch_size
     assert sum(network.batch_sizes) > 1  # really several windows
+
+
+def test_context_slices_give_a_2d_network_its_neighbours_as_channels(volume):
+    """2.5D: each slice is seen with its neighbours as channels, slices beyond the ends padded with
+    the volume's minimum (as training pads its patches); windows and batching change nothing."""
+    assert stack_context_slices(volume, 0).shape == (1, *volume.shape)
+    stacked = stack_context_slices(volume, 2)
+    assert stacked.shape == (5, *volume.shape)
+    np.testing.assert_array_equal(stacked[2], volume)
+    np.testing.assert_array_equal(stacked[0, 2:], volume[:-2])  # channel 0 = two slices below
+    np.testing.assert_array_equal(stacked[4, :-2], volume[2:])  # channel 4 = two slices above
+    assert (stacked[0, :2] == volume.min()).all() and (stacked[4, -2:] == volume.min()).all()
+
+    network = PointwiseNetwork(2, (4, 4))
+    network.conv = torch.nn.Conv2d(3, 2, 1)  # logits from (slice below, slice, slice above)
+    with torch.no_grad():
+        network.conv.weight.copy_(torch.tensor([[0.0, 0.0, 0.0], [-1.0, 0.5, 2.0]]).reshape(2, 3, 1, 1))
+        network.conv.bias.zero_()
+    below = np.concatenate([np.full_like(volume[:1], volume.min()), volume[:-1]])
+    above = np.concatenate([volume[1:], np.full_like(volume[:1], volume.min())])
+    expected = 1.0 / (1.0 + np.exp(-(-1.0 * below + 0.5 * volume + 2.0 * above)))
+    for batch_size in (1, 4):
+        result, _ = sliding_window_probabilities(
+            volume, network, (1, 16, 0), "slice2d", 2, overlap=0.5, batch_size=batch_size, context_slices=1
+        )
+        np.testing.assert_allclose(result[1].numpy(), expected, atol=1e-5)
+    with pytest.raises(PocketSegError, match="context_slices is for slice2d"):
+        sliding_window_probabilities(volume, PointwiseNetwork(), (8, 12, 8), "patch3d", 2, context_slices=1)
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_the_result(volume):

@@ -198,6 +198,10 @@ def test_bad_datasets_fail_before_training(tmp_path):
         # 2D slices (PocketNet LiTS setup)
         ("pocketnet-lits", {"window_mode": "slice2d", "window_size_zyx": (1, 0, 0), "patch_size_zyx": (1, 32, 32),
                             "network": "pocket_unet2d", "network_args": {"init_filters": 4, "depth": 2}}),
+        # 2.5D: the slice and one neighbour each side as channels
+        ("pocketnet-lits", {"window_mode": "slice2d", "window_size_zyx": (1, 0, 0), "patch_size_zyx": (3, 32, 32),
+                            "context_slices": 1, "network": "pocket_unet2d",
+                            "network_args": {"init_filters": 4, "depth": 2}}),
         # LV-Net with deep supervision (train mode returns logits and four aux heads)
         ("lvnet-lits", {"window_mode": "slab", "window_size_zyx": (8, 0, 0), "patch_size_zyx": (8, 32, 32),
                         "network": "lvnet", "network_args": {"widths": (4, 8, 16), "encoder_blocks": (1, 1, 1),
@@ -214,3 +218,9 @@ def test_lits_presets_run_in_2d_and_with_deep_supervision(dataset, tmp_path, pre
     bundle = load_bundle(result.bundle_path)
     assert bundle.config.window_mode == changes["window_mode"] and bundle.config.modality == "CT"
     assert bundle.config.preprocessing["kind"] == "ct_window"
+    context = changes.get("context_slices", 0)
+    assert bundle.config.context_slices == context
+    assert bundle.config.network_args.get("in_channels", 1) == 2 * context + 1
+    if context:  # the patch must hold the slice and its neighbours: a clear error before training
+        with pytest.raises(PocketSegError, match=r"needs patch_size_zyx\[0\] == 3"):
+            run_cross_validation(config.replace(patch_size_zyx=(1, 32, 32)), tmp_path / "run_bad")

@@ -218,3 +218,36 @@ def test_real_totalsegmentator_map_gives_an_aligned_liver(shared_data: Path):
     original_ml = float(np.sum(sitk.GetArrayFromImage(labels) == 5)) * 27.0 / 1000
     synthetic_ml = float(sitk.GetArrayFromImage(liver).sum()) * 2.5**3 / 1000
     assert 0.5 * original_ml < synthetic_ml < 1.7 * original_ml
+
+
+def test_bright_unlabelled_tissue_of_the_real_ct_is_liver_bright_in_a_portal_sample():
+    """A liver-only label map leaves the heart, kidneys and spleen unlabelled: where the real CT
+    shows them enhancing (>= bright_soft_tissue_hu) they become a tissue of their own, so a portal sample has an organ as bright
+    as the liver that is not liver (the heart above the dome of a 2D model's leak)."""
+    shape = (24, 40, 40)
+    liver = _ellipsoid(shape, (8, 20, 14), (6, 10, 9))
+    heart = _ellipsoid(shape, (18, 18, 26), (5, 8, 8))
+    ct = np.full(shape, -90.0, dtype=np.float32)
+    ct[liver] = 110.0
+    ct[heart] = 140.0
+    labels = liver.astype(np.uint8)
+    heart_minus_liver = []
+    for seed in range(6):
+        for phase in ("plain", "portal"):
+            sample = synthesize_ct_details(
+                labels, SPACING, np.random.default_rng(seed), scheme="liver", ct_hu=ct, phase=phase,
+                deformation=False, degradation=False, bright_soft_tissue_hu=90,
+            )  # fmt: skip
+            assert (sample.tissues[heart] == TISSUE["soft_bright"]).all()
+            assert not sample.liver_mask[heart].any()
+            low, high = HU_RANGES[phase]["soft_bright"]
+            assert low <= sample.means_hu["soft_bright"] <= high
+            if phase == "portal":
+                heart_minus_liver.append(sample.means_hu["soft_bright"] - sample.means_hu["liver"])
+    assert min(abs(d) for d in heart_minus_liver) < 10  # as bright as the liver in some samples
+    assert max(heart_minus_liver) > 30  # clearly brighter in others
+    # without the option the heart is plain soft tissue and the sample is what it always was
+    before = synthesize_ct_details(
+        labels, SPACING, np.random.default_rng(0), scheme="liver", ct_hu=ct, deformation=False
+    )
+    assert (before.tissues[heart] == TISSUE["soft"]).all() and "soft_bright" not in before.means_hu

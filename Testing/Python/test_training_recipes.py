@@ -239,7 +239,7 @@ def test_packaged_recipes_describe_the_shipped_bundles(name):
     made = recipe.bundle_config(recipe.name, {})
     for key in (
         "name", "network", "network_args", "modality", "spacing", "window_mode", "window_size_zyx",
-        "preprocessing", "postprocessing", "orientation", "title", "version", "description", "task",
+        "context_slices", "preprocessing", "postprocessing", "orientation", "title", "version", "description", "task",
     ):  # fmt: skip
         assert getattr(made, key) == getattr(shipped, key), key
     assert [label.to_dict() for label in made.labels] == [label.to_dict() for label in shipped.labels]
@@ -372,6 +372,13 @@ def test_ct_synthesis_from_label_maps_in_a_recipe(tmp_path):
     files = recipe_source_files(recipe, ["ct0"])
     assert files == ["ct1.nii.gz", "ct1_labels.nii.gz", "ct1.nii.gz", "ct1_labels.nii.gz"]
     assert len(build_training_volumes(recipe, tmp_path, held_out=[])) == 2 * 2 + 4
+    # bright_soft_tissue_hu reaches the synthesis: the phantom's 40 HU body becomes soft_bright
+    # (drawn from its own range), the real volumes stay as they were
+    spec = {**recipe.synthesis, "bright_soft_tissue_hu": 30}
+    bright = build_training_volumes(recipe.replace(synthesis=spec), tmp_path, held_out=["ct0"])
+    assert np.array_equal(bright[0].image, volumes[0].image)
+    assert not np.array_equal(bright[2].image, volumes[2].image)
+    assert np.array_equal(bright[2].label, volumes[2].label)  # the same deformation: same rng draws
 
 
 def test_ct_synthesis_recipe_errors_name_the_source(tmp_path):

@@ -45,6 +45,7 @@ _LAZY = {
     "resolve_window": "pocketseg_core.inference.windows",
     "sliding_window_inference": "pocketseg_core.inference.windows",
     "window_grid": "pocketseg_core.inference.windows",
+    "stack_context_slices": "pocketseg_core.inference.windows",
     "window_starts": "pocketseg_core.inference.windows",
 }
 
@@ -83,5 +84,6 @@ __all__ = [
     "to_input_grid",
     "window_divisor",
     "window_grid",
+    "stack_context_slices",
     "window_starts",
 ]

@@ -28,6 +28,7 @@ from pocketseg_core.inference.windows import (
     check_window_is_large_enough,
     resolve_window,
     sliding_window_inference,
+    stack_context_slices,
 )
 
 WINDOW_MODES = ("patch3d", "slab", "slice2d")
@@ -45,7 +46,8 @@ def window_divisor(network: torch.nn.Module, window_mode: str) -> tuple[int, int
 
 
 class NetworkPredictor:
-    """``windows (B, 1, wz, wy, wx) -> softmax probabilities (B, K, wz, wy, wx)`` of a network.
+    """``windows (B, C, wz, wy, wx) -> softmax probabilities (B, K, wz, wy, wx)`` of a network
+    (``C``: the slice and its context slices for a 2.5D network, else 1).
 
     Follows the run's device: :meth:`move_to` (an ``on_move`` callback of the run's
     :class:`~pocketseg_core.devices.OutOfMemoryFallback`) moves the network and drops the
@@ -114,6 +116,7 @@ def sliding_window_probabilities(
     overlap: float = 0.5,
     batch_size: int = 4,
     device: torch.device | str = "cpu",
+    context_slices: int = 0,
     precision: str = "float32",
     fallback_device: torch.device | str | None = "auto",
     messages: list[str] | None = None,
@@ -125,11 +128,13 @@ def sliding_window_probabilities(
 
     Args:
         volume: normalised intensities ``(z, y, x)``.
-        network: maps ``(B, 1, wz, wy, wx)`` (``(B, 1, wy, wx)`` for ``slice2d``) to logits
+        network: maps ``(B, 1, wz, wy, wx)`` (``(B, 2c+1, wy, wx)`` for ``slice2d``) to logits
             with ``num_classes`` channels and the same spatial size.
         window_size_zyx: window in voxels, 0 = whole axis (rounded up to the network's
             ``spatial_divisor``; the volume is padded with its minimum where smaller).
         window_mode: ``patch3d``, ``slab`` or ``slice2d``.
+        context_slices: ``slice2d`` only: the network also sees this many neighbouring slices
+            each side, as channels (:func:`~pocketseg_core.inference.windows.stack_context_slices`).
         overlap: fraction of a window shared with its neighbours, in ``[0, 1)``.
         fallback_device: where to continue after an OOM at batch size 1; ``"auto"`` = CPU
             when running on CUDA, else none.
@@ -160,6 +165,10 @@ def sliding_window_probabilities(
         network, num_classes, window_mode, fallback, precision, channels_last, compile
     )
     fallback.on_move.append(predictor.move_to)
+    if context_slices:
+        if window_mode != "slice2d":
+            raise PocketSegError(f"context_slices is for slice2d networks, not {window_mode}")
+        volume = stack_context_slices(np.asarray(volume, dtype=np.float32), context_slices)
     return sliding_window_inference(
         volume, window_size_zyx, predictor, overlap, divisor_zyx=divisor, fallback=fallback, progress=progress
     )
@@ -187,10 +196,12 @@ def predict_probabilities(
     compile: bool = False,
     messages: list[str] | None = None,
     progress: Callable[[float, str], None] | None = None,
+    context_slices: int = 0,
 ) -> tuple[np.ndarray, torch.device]:
     """Probabilities ``(K, z, y, x)`` float32 of ``volume`` ``(z, y, x)``, averaged over the
     flipped copies when ``tta``; returns them with the device the run ended on (the CPU after
-    a GPU out-of-memory fallback). ``progress(fraction of all windows, message)``."""
+    a GPU out-of-memory fallback). ``progress(fraction of all windows, message)``;
+    ``context_slices``: see :func:`sliding_window_probabilities`."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     flips = flips_for(window_mode) if tta else [()]
@@ -219,6 +230,7 @@ def predict_probabilities(
             progress=window_progress,
             channels_last=channels_last,
             compile=compile,
+            context_slices=context_slices,
         )
         if flip:
             probabilities = torch.flip(probabilities, dims=flip)

@@ -213,6 +213,7 @@ def _torch_probabilities(
         precision=precision,
         channels_last=use_channels_last(options.channels_last, device, config.window_mode),
         compile=options.compile,
+        context_slices=config.context_slices,
         messages=messages,
         progress=progress,
     )

@@ -29,7 +29,8 @@ GAUSSIAN_SIGMA_FRACTION = 1.0 / 8.0
 #: floor of the Gaussian weights, so window borders still count where only one window covers
 GAUSSIAN_FLOOR = 1e-3
 
-#: ``predictor(windows (B, 1, wz, wy, wx)) -> outputs (B, K, wz, wy, wx)`` float32, same device
+#: ``predictor(windows (B, C, wz, wy, wx)) -> outputs (B, K, wz, wy, wx)`` float32, same device
+#: (``C`` = 1, or the channels of a ``(C, z, y, x)`` volume)
 WindowPredictor = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
@@ -92,6 +93,19 @@ def check_window_is_large_enough(shape: Sequence[int], window: Sequence[int], di
         )
 
 
+def stack_context_slices(volume: np.ndarray, context_slices: int) -> np.ndarray:
+    """``(z, y, x)`` -> ``(2 c + 1, z, y, x)``: channel ``k`` of slice ``z`` is slice ``z + k - c``,
+    the slices beyond either end filled with the volume's minimum (as training pads its patches),
+    so that a window of one slice carries its ``c`` neighbours each side (2.5D networks)."""
+    if context_slices <= 0:
+        return volume[None]
+    padded = np.pad(
+        volume, ((context_slices, context_slices), (0, 0), (0, 0)), constant_values=float(volume.min())
+    )
+    depth = volume.shape[0]
+    return np.stack([padded[k : k + depth] for k in range(2 * context_slices + 1)])
+
+
 def window_grid(
     volume_shape: Sequence[int], window_zyx: Sequence[int], overlap: float
 ) -> list[tuple[int, int, int]]:
@@ -120,11 +134,13 @@ def sliding_window_inference(
     """Gaussian-blended outputs of ``predictor`` over a whole volume.
 
     Args:
-        volume: ``(z, y, x)`` values (normalised intensities).
+        volume: ``(z, y, x)`` values (normalised intensities), or ``(C, z, y, x)`` channels that
+            every window carries (:func:`stack_context_slices`).
         window_size_zyx: window in voxels, 0 = whole axis; rounded up to ``divisor_zyx``
             (:func:`resolve_window`).
-        predictor: ``(B, 1, wz, wy, wx)`` windows on the run's device -> ``(B, K, wz, wy, wx)``
-            float32 outputs (probabilities) on the same device.
+        predictor: ``(B, C, wz, wy, wx)`` windows on the run's device (``C`` = 1 for a
+            ``(z, y, x)`` volume) -> ``(B, K, wz, wy, wx)`` float32 outputs (probabilities) on
+            the same device.
         overlap: fraction of a window shared with its neighbours, in ``[0, 1)``.
         batch_size, device: used when no ``fallback`` is given; otherwise the fallback's own
             device and batch size rule (and change on out-of-memory errors).
@@ -142,15 +158,19 @@ def sliding_window_inference(
     state = fallback or OutOfMemoryFallback(torch.device(device), batch_size)
     volume = torch.as_tensor(np.ascontiguousarray(volume) if isinstance(volume, np.ndarray) else volume)
     volume = volume.to(torch.float32)
-    shape = tuple(volume.shape)
+    if volume.dim() == 3:
+        volume = volume[None]
+    if volume.dim() != 4:
+        raise PocketSegError(f"expected a (z, y, x) or (C, z, y, x) volume, got shape {tuple(volume.shape)}")
+    shape = tuple(volume.shape[1:])
     window = resolve_window(shape, window_size_zyx, divisor_zyx)
     # Pad (at the far end) to at least one window per axis, with the background-like minimum.
     padding = [max(0, w - s) for w, s in zip(window, shape, strict=True)]
     if any(padding):
         volume = torch.nn.functional.pad(
-            volume[None, None], (0, padding[2], 0, padding[1], 0, padding[0]), value=float(volume.min())
-        )[0, 0]
-    padded_shape = tuple(volume.shape)
+            volume[None], (0, padding[2], 0, padding[1], 0, padding[0]), value=float(volume.min())
+        )[0]
+    padded_shape = tuple(volume.shape[1:])
     starts = window_grid(padded_shape, window, overlap)
 
     def place(target: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -175,7 +195,7 @@ def sliding_window_inference(
             batch = starts[done : done + state.batch_size]
             slices = [tuple(slice(s, s + w) for s, w in zip(start, window, strict=True)) for start in batch]
             try:
-                windows = torch.stack([volume_on[index] for index in slices])[:, None]
+                windows = torch.stack([volume_on[(slice(None), *index)] for index in slices])
                 outputs = predictor(windows)
                 if summed is None:
                     summed = torch.zeros(

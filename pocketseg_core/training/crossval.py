@@ -192,6 +192,7 @@ def _validation_scores(
             config.window_size_zyx,
             config.window_mode,
             num_classes,
+            context_slices=config.context_slices,
             overlap=config.validation_overlap,
             batch_size=config.batch_size,
             device=device,
@@ -361,9 +362,6 @@ def _train_fold(
     torch.manual_seed(_epoch_seed(config.seed, fold, 0, 0))  # same initial weights on every rank
     network_args = config.network_arguments()
     model = create_network(config.network, **network_args).to(device)
-    if config.window_mode == "slice2d":
-        if config.patch_size_zyx[0] != 1:
-            raise PocketSegError("slice2d training needs patch_size_zyx[0] == 1 (one slice per patch)")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     steps_total = config.epochs * config.steps_per_epoch

@@ -11,7 +11,7 @@ state gives the same sample, voxel for voxel):
 
 1. tissue classes: every structure of the label map (TotalSegmentator v2 values:
    :data:`TOTALSEGMENTATOR_V2_TISSUES`; or a liver-only mask) -> a tissue of :data:`HU_RANGES`;
-   unlabelled voxels get a class from the real CT's HU (air, fat, soft tissue, bone:
+   unlabelled voxels get a class from the real CT's HU (air, fat, soft tissue, bright soft tissue, bone:
    :data:`CT_CLASS_EDGES_HU`) or, without a CT, a generic body (fat with a muscle wall, air out);
 2. a random affine (rotation, scaling, shift) and elastic deformation of the class map (nearest
    neighbour): the liver label and the liver voxels come from the same deformed map, so they
@@ -40,6 +40,8 @@ bile / fluid     0 .. 20         0 .. 25          gallbladder, cysts: water dens
 urine            0 .. 20         0 .. 30          bladder
 muscle           40 .. 55        50 .. 70         skeletal muscle ~45-50 [1]
 soft tissue      25 .. 50        40 .. 80         other organs, unlabelled soft tissue
+soft, bright     30 .. 60        90 .. 200        unlabelled voxels >= 90 HU on the real CT
+                                                  (heart, blood pool, kidney, spleen: enhancing)
 spinal cord      20 .. 40        20 .. 45
 cartilage        70 .. 150       70 .. 150        costal cartilage, partly calcified
 bone             200 .. 500      200 .. 500       vertebra/rib mean at 2-3 mm (cancellous 150-400,
@@ -82,6 +84,7 @@ TISSUES = (
     "fat",
     "muscle",
     "soft",
+    "soft_bright",
     "liver",
     "spleen",
     "kidney",
@@ -112,6 +115,7 @@ HU_RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "fat": (-110, -60),
         "muscle": (40, 55),
         "soft": (25, 50),
+        "soft_bright": (30, 60),
         "liver": (45, 70),
         "spleen": (40, 55),
         "kidney": (25, 40),
@@ -131,6 +135,7 @@ HU_RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "fat": (-110, -60),
         "muscle": (50, 70),
         "soft": (40, 80),
+        "soft_bright": (90, 200),
         "liver": (95, 140),
         "spleen": (105, 140),
         "kidney": (140, 200),
@@ -254,6 +259,7 @@ def tissue_map(
     ct_hu: np.ndarray | None,
     spacing_zyx: Sequence[float],
     rng: np.random.Generator,
+    bright_soft_tissue_hu: float | None = None,
 ) -> np.ndarray:
     """The tissue class (uint8, :data:`TISSUES`) of every voxel of ``label_map``.
 
@@ -261,6 +267,12 @@ def tissue_map(
     tissue). Unlabelled ones take the class of the real CT's HU (``ct_hu``, same grid:
     :data:`CT_CLASS_EDGES_HU`) or, without a CT, a generic body: fat within a random 15-45 mm
     of the labelled structures, a 5-15 mm muscle wall at its edge, air outside.
+
+    ``bright_soft_tissue_hu`` (e.g. 90): unlabelled soft tissue at least this bright on the real
+    CT becomes ``soft_bright``, what enhances on a contrast CT (heart, blood pool, kidney,
+    spleen, bowel wall). A portal sample gives it liver-like values (:data:`HU_RANGES`), so the
+    network learns that a bright organ outside the label is not liver; a liver-only label map
+    otherwise leaves every other organ darker than the liver. None: plain soft tissue.
     """
     label_map = np.asarray(label_map)
     lookup = np.full(int(label_map.max()) + 1, TISSUE["soft"], dtype=np.uint8)
@@ -273,6 +285,9 @@ def tissue_map(
         classes = np.digitize(ct_hu, CT_CLASS_EDGES_HU).astype(np.uint8)
         ct_tissues = np.array([TISSUE["air"], TISSUE["fat"], TISSUE["soft"], TISSUE["bone"]], dtype=np.uint8)
         tissues[unlabelled] = ct_tissues[classes[unlabelled]]
+        if bright_soft_tissue_hu is not None:
+            bright = unlabelled & (tissues == TISSUE["soft"]) & (ct_hu >= bright_soft_tissue_hu)
+            tissues[bright] = TISSUE["soft_bright"]
         return tissues
     labelled = _image((~unlabelled).astype(np.uint8), spacing_zyx)
     distance = sitk.GetArrayFromImage(
@@ -404,6 +419,7 @@ def synthesize_ct_details(
     ranges: SynthesisRanges | None = None,
     deformation: bool = True,
     degradation: bool = True,
+    bright_soft_tissue_hu: float | None = None,
 ) -> SyntheticCT:
     """One synthetic CT from ``label_map`` ``(z, y, x)`` with voxel ``spacing`` (z, y, x) in mm.
 
@@ -419,6 +435,8 @@ def synthesize_ct_details(
         deformation: False keeps the label map's geometry (tests).
         degradation: False skips texture, blur, slice thickness and noise: each tissue is then
             exactly its mean (tests).
+        bright_soft_tissue_hu: unlabelled voxels of ``ct_hu`` at least this bright are a tissue of
+            their own, ``soft_bright`` (:func:`tissue_map`); None: plain soft tissue.
 
     Returns:
         :class:`SyntheticCT` with the image (float32 HU) and the liver mask (uint8) on
@@ -437,14 +455,21 @@ def synthesize_ct_details(
     if label_map.min() < 0:
         raise ValueError("label_map has negative values; label maps hold 0 (background) and positive labels")
     spacing_zyx = [float(s) for s in spacing]
-    tissues = tissue_map(label_map, mapping, ct_hu, spacing_zyx, rng)
+    tissues = tissue_map(label_map, mapping, ct_hu, spacing_zyx, rng, bright_soft_tissue_hu)
     if deformation:
         tissues = deform(tissues, spacing_zyx, rng, ranges)
     add_liver_vessels(tissues, spacing_zyx, rng, ranges)
     add_lesions(tissues, spacing_zyx, rng, ranges)
     liver_mask = np.isin(tissues, [TISSUE[t] for t in LIVER_TISSUES]).astype(np.uint8)
 
-    means = {name: float(rng.uniform(*HU_RANGES[phase][name])) for name in HU_RANGES[phase]}
+    # soft_bright last and only when present: recipes without it draw exactly what they drew before
+    means = {
+        name: float(rng.uniform(*HU_RANGES[phase][name])) for name in HU_RANGES[phase] if name != "soft_bright"
+    }
+    if (tissues == TISSUE["soft_bright"]).any():
+        means["soft_bright"] = float(rng.uniform(*HU_RANGES[phase]["soft_bright"]))
+    else:
+        means["soft_bright"] = means["soft"]
     liver = means["liver"]
     means["lesion_hypo"] = liver + float(rng.uniform(*LESION_CONTRAST_HU[phase]["hypo"]))
     means["lesion_hyper"] = liver + float(rng.uniform(*LESION_CONTRAST_HU[phase]["hyper"]))

@@ -49,6 +49,9 @@ class TrainingConfig:
     #: inference windows (bundle): ``patch3d``, ``slab`` or ``slice2d``
     window_mode: str = "slab"
     window_size_zyx: tuple[int, int, int] = (5, 0, 0)
+    #: ``slice2d`` only: neighbouring slices each side given to the network as extra channels
+    #: (2.5D; the network gets ``in_channels = 2 c + 1``, the patch ``2 c + 1`` slices)
+    context_slices: int = 0
     #: training patch; each size is rounded up to the network's spatial_divisor
     patch_size_zyx: tuple[int, int, int] = (5, 256, 256)
     #: share of patches centred on a random foreground voxel (the rest: uniform)
@@ -155,6 +158,8 @@ class TrainingConfig:
         """The network's arguments, with the output channels the labels need (background + labels)."""
         args = dict(self.network_args)
         args.setdefault("num_classes", max(int(label["value"]) for label in self.label_infos()) + 1)
+        if self.context_slices:
+            args.setdefault("in_channels", 2 * int(self.context_slices) + 1)
         return args
 
     def label_infos(self) -> list[dict[str, Any]]:
@@ -179,6 +184,7 @@ class TrainingConfig:
             spacing=tuple(self.spacing),
             window_mode=self.window_mode,
             window_size_zyx=tuple(self.window_size_zyx),
+            context_slices=int(self.context_slices),
             network_args=self.network_arguments(),
             preprocessing=dict(self.preprocessing),
             orientation=self.orientation,

@@ -254,7 +254,9 @@ def build_training_volumes(
     Synthesis sources of ``ct_from_label_maps`` hold a CT (``image``) and its label map
     (``label``, all values: ``scheme`` says what they are); a source made from a labelled case
     names it in ``from_case``, so that the run holding that case out does not see its labels.
-    The synthetic CTs are made on the recipe's working grid (``spacing``).
+    The synthetic CTs are made on the recipe's working grid (``spacing``); ``bright_soft_tissue_hu``
+    (e.g. 90) gives the unlabelled tissue that enhances on the real CT a class of its own
+    (:func:`~pocketseg_core.training.ct_synthesis.tissue_map`).
     """
     real = []
     for source in config.sources:
@@ -284,7 +286,12 @@ def build_training_volumes(
         for copy in range(int(spec.get("per_source", 1))):
             if kind in CT_SYNTHESIS_KINDS:
                 head, label = CT_SYNTHESIS_KINDS[kind](
-                    ct, label_map, rng, scheme=scheme, spacing=tuple(config.spacing)
+                    ct,
+                    label_map,
+                    rng,
+                    scheme=scheme,
+                    spacing=tuple(config.spacing),
+                    bright_soft_tissue_hu=spec.get("bright_soft_tissue_hu"),
                 )
             else:
                 head, label = synthesize_head(

@@ -97,9 +97,12 @@ class Trainer:
     Args:
         network: the model (its parameters are optimised; checkpoints hold its state).
         volumes: training volumes on the working grid (:func:`~.sampling.prepare_volume`).
-        patch_zyx: patch size (z, y, x); for 2D networks ``z`` is 1 and the slice is passed as (B, 1, H, W).
+        patch_zyx: patch size (z, y, x); for 2D networks ``z`` is ``2 c + 1`` (1: one slice), passed
+            as (B, 2c+1, H, W).
         batch_size, foreground_fraction: see :func:`~.sampling.sample_batch`.
-        slices_2d: the network takes 2D slices (``window_mode == "slice2d"``).
+        slices_2d: the network takes 2D slices (``window_mode == "slice2d"``); a patch of
+            ``2 c + 1`` slices gives it the middle slice and ``c`` neighbours each side as
+            channels, and the middle slice's label.
         loss, optimizer, scheduler, augmentation: specs by name, as in
             :class:`~.presets.TrainingConfig` (``{"name": ..., params}``; augmentation a list).
         total_steps: steps the schedule spans (per-step schedules: warm-up and cosine length).
@@ -128,13 +131,20 @@ class Trainer:
         ``config`` (a ``TrainingConfig`` or one of its stages), its patches rounded up to a size
         the network divides (the same divisor as inference's windows)."""
         divisor = window_divisor(network, config.window_mode)
+        slices_2d = config.window_mode == "slice2d"
+        if slices_2d and config.patch_size_zyx[0] != 2 * config.context_slices + 1:
+            raise PocketSegError(
+                f"{name}: slice2d training with context_slices {config.context_slices} needs "
+                f"patch_size_zyx[0] == {2 * config.context_slices + 1} (the slice and its neighbours), "
+                f"got {config.patch_size_zyx[0]}"
+            )
         return cls(
             network,
             volumes,
             patch_zyx=round_up_to_divisor(tuple(config.patch_size_zyx), divisor),
             batch_size=config.batch_size,
             foreground_fraction=config.foreground_fraction,
-            slices_2d=config.window_mode == "slice2d",
+            slices_2d=slices_2d,
             loss=config.loss,
             optimizer=config.optimizer,
             scheduler=config.scheduler,
@@ -209,8 +219,8 @@ class Trainer:
         images, labels = sample_batch(
             self.volumes, self.batch_size, self.patch_zyx, self.foreground_fraction, self.rng
         )
-        if self.slices_2d:  # (B, 1, 1, H, W) -> (B, 1, H, W)
-            images, labels = images[:, :, 0], labels[:, 0]
+        if self.slices_2d:  # (B, 1, 2c+1, H, W) -> (B, 2c+1, H, W): neighbours become channels
+            images, labels = images[:, 0], labels[:, self.patch_zyx[0] // 2]
         images, labels = self.augmentation(images, labels, self.generator)
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)

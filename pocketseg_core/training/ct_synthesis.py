@@ -464,7 +464,9 @@ def synthesize_ct_details(
 
     # soft_bright last and only when present: recipes without it draw exactly what they drew before
     means = {
-        name: float(rng.uniform(*HU_RANGES[phase][name])) for name in HU_RANGES[phase] if name != "soft_bright"
+        name: float(rng.uniform(*HU_RANGES[phase][name]))
+        for name in HU_RANGES[phase]
+        if name != "soft_bright"
     }
     if (tissues == TISSUE["soft_bright"]).any():
         means["soft_bright"] = float(rng.uniform(*HU_RANGES[phase]["soft_bright"]))

@@ -79,12 +79,16 @@ def _verdict(value: float | None, limit: float, at_least: bool = False) -> str:
 def targets_table(speed: dict[str, Any], peers: dict[str, Any] | None, peer: str) -> list[dict[str, Any]]:
     """The rows of the targets table from a :func:`run_benchmark` report and a peers summary."""
     # the first pocket record of a task is its default model (the catalog lists defaults first);
-    # the targets are the one-click buttons', not those of a model picked by name
+    # the targets are the one-click buttons', not those of a model picked by name: a default that
+    # failed leaves its targets unmeasured (the error is listed), never measured on the next model
     by_task: dict[str, Any] = {}
     for record in speed["records"]:
-        if record.get("role") == "pocket" and "error" not in record:
+        if record.get("role") == "pocket":
             by_task.setdefault(record["task"], record)
-    skull, liver = by_task.get("skullstrip"), by_task.get("liver")
+    skull, liver = (
+        None if record is None or "error" in record else record
+        for record in (by_task.get("skullstrip"), by_task.get("liver"))
+    )
     medians = peers["medians"] if peers else None
     ours = medians["pocketseg"] if medians else None
     rows = [

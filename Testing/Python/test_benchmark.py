@@ -105,6 +105,22 @@ def test_harness_end_to_end_writes_json_and_markdown(tmp_path):
         assert "peer:monai_unet" in markdown
 
 
+def test_harness_runs_the_shipped_2_5d_liver_model_and_its_full_counterpart(tmp_path):
+    """The shipped liver model sees 5 slices as channels (context_slices 2): the harness's lone
+    network pass and FLOP count feed it (and its full-size counterpart) 5-channel slices."""
+    cases, _ = build_cases("liver", peers=False, include_presets=False)
+    cases = [c for c in cases if c.network in ("pocket_unet2d", "unet2d")]
+    assert [c.config.get("context_slices") for c in cases] == [2, 2]
+    settings = BenchmarkSettings(tasks=["liver"], devices=["cpu"], repeats=1, warmup=0, threads=1, quick=True)
+    paths = run_benchmark(settings, tmp_path, log=lambda line: None, cases_by_task={"liver": cases})
+    records = {r["role"]: r for r in json.loads(paths["json"].read_text(encoding="utf-8"))["records"]}
+    for record in records.values():
+        assert "error" not in record, record.get("error")
+        assert record["windows"] == record["working_shape_zyx"][0]  # one window per axial slice
+        assert record["network_pass_seconds"] > 0
+    assert 0 < records["pocket"]["gflop_per_window"] < records["full"]["gflop_per_window"]
+
+
 def test_peers_are_listed_only_with_monai():
     cases, notes = build_cases("liver", peers=True, include_presets=True)
     networks = {c.network for c in cases}

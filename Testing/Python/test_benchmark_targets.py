@@ -20,6 +20,22 @@ def record(task: str, job: float, percent: float, rss: float) -> dict:
     }
 
 
+def report_of(speed: dict, peers: dict | None, table: dict) -> dict:
+    """The report ``python -m benchmarks targets`` renders, around the given records and rows."""
+    return {
+        "date": "2026-11-30 16:00 UTC",
+        "machine": "test machine",
+        "threads": 2,
+        "rounds": 2 if peers else 0,
+        "load_before": [0.1],
+        "load_after": [0.2],
+        "peak_gflops": 200.0,
+        "speed_records": speed["records"],
+        "peers": peers,
+        "table": list(table.values()),
+    }
+
+
 def test_targets_table_says_met_or_not_per_target_and_renders_it() -> None:
     speed = {"records": [record("skullstrip", 0.9, 45.0, 700.0), record("liver", 3.1, 20.0, 1500.0)]}
     peers = {
@@ -44,19 +60,7 @@ def test_targets_table_says_met_or_not_per_target_and_renders_it() -> None:
     }
     assert table["skull strip, peak RSS MB (whole process)"]["verdict"] == "met"
     assert table["liver, in-process job s (wall)"]["verdict"] == "not met"
-    report = {
-        "date": "2026-11-30 16:00 UTC",
-        "machine": "test machine",
-        "threads": 2,
-        "rounds": 2,
-        "load_before": [0.1],
-        "load_after": [0.2],
-        "peak_gflops": 200.0,
-        "speed_records": speed["records"],
-        "peers": peers,
-        "table": list(table.values()),
-    }
-    text = render_markdown(report)
+    text = render_markdown(report_of(speed, peers, table))
     assert "| skull strip, in-process job s (wall) | 0.9 | <= 1 | met |" in text
     assert "| liver, in-process job s (wall) | 3.1 | <= 2.5 | not met |" in text
     assert "whole process deepbet: 8.10 s wall, 9.00 s CPU, 1100 MB" in text
@@ -71,7 +75,7 @@ def test_targets_without_the_peers_are_not_measured_not_met() -> None:
 
 
 def test_targets_are_the_default_models_the_first_record_of_a_task() -> None:
-    # the catalog lists a task's default first (liver: Pocket U-Net 2D, then LV-Net by name)
+    # the catalog lists a task's default first (liver: Pocket U-Net 2.5D, then LV-Net by name)
     speed = {
         "records": [
             record("skullstrip", 2.7, 41.0, 745.0),
@@ -82,3 +86,15 @@ def test_targets_are_the_default_models_the_first_record_of_a_task() -> None:
     table = {row["target"]: row for row in targets_table(speed, None, "deepbet")}
     assert table["liver, in-process job s (wall)"]["value"] == 2.4
     assert table["liver, in-process job s (wall)"]["verdict"] == "met"
+
+
+def test_a_failed_default_model_leaves_its_target_unmeasured_not_taken_from_the_next_model() -> None:
+    failed = {"task": "liver", "role": "pocket", "error": "expected input of shape (batch, 5, H, W)"}
+    speed = {"records": [record("skullstrip", 0.8, 45.0, 800.0), failed, record("liver", 9.9, 9.0, 2100.0)]}
+    table = {row["target"]: row for row in targets_table(speed, None, "deepbet")}
+    assert table["liver, in-process job s (wall)"]["verdict"] == "not measured"
+    assert table["liver, in-process job s (wall)"]["value"] is None
+    assert table["skull strip, in-process job s (wall)"]["verdict"] == "met"
+    text = render_markdown(report_of(speed, None, table))
+    assert "| liver, in-process job s (wall) | – | <= 2.5 | not measured |" in text
+    assert "- liver: failed: expected input of shape (batch, 5, H, W)" in text

@@ -380,11 +380,6 @@ def window_plan(
     )
 
 
-def input_channels(config) -> int:
-    """Channels of the network's input: 1, or a 2.5D model's slice and its neighbours each side."""
-    return 1 + 2 * int(getattr(config, "context_slices", 0))
-
-
 def window_flops(case: BenchmarkCase, window_zyx: Sequence[int], config) -> int:
     """FLOPs (2 per MAC) of one window through the case's network, counted on ``meta``."""
     import torch
@@ -398,7 +393,7 @@ def window_flops(case: BenchmarkCase, window_zyx: Sequence[int], config) -> int:
         else:
             network = create_network(case.network, **config.network_args).eval()
         spatial = tuple(window_zyx)[1:] if config.window_mode == "slice2d" else tuple(window_zyx)
-        x = torch.empty(1, input_channels(config), *spatial)
+        x = torch.empty(1, config.input_channels, *spatial)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         network(x)
     return int(counter.get_total_flops())
@@ -495,7 +490,7 @@ def run_case(case: BenchmarkCase) -> dict[str, Any]:
     window, windows = window_plan(working_shape, network, config, case.overlap)
     batch = max(1, min(case.batch_size, windows))
     spatial = window[1:] if config.window_mode == "slice2d" else window
-    inputs = torch.randn(batch, input_channels(config), *spatial, device=device)
+    inputs = torch.randn(batch, config.input_channels, *spatial, device=device)
     if use_channels_last(case.channels_last, device, config.window_mode):
         inputs = inputs.contiguous(memory_format=memory_format(inputs.dim()))
     pass_times = []

@@ -81,13 +81,13 @@ def targets_table(speed: dict[str, Any], peers: dict[str, Any] | None, peer: str
     # the first pocket record of a task is its default model (the catalog lists defaults first);
     # the targets are the one-click buttons', not those of a model picked by name: a default that
     # failed leaves its targets unmeasured (the error is listed), never measured on the next model
-    by_task: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
     for record in speed["records"]:
         if record.get("role") == "pocket":
-            by_task.setdefault(record["task"], record)
+            defaults.setdefault(record["task"], record)
     skull, liver = (
-        None if record is None or "error" in record else record
-        for record in (by_task.get("skullstrip"), by_task.get("liver"))
+        default if default is not None and "error" not in default else None
+        for default in (defaults.get("skullstrip"), defaults.get("liver"))
     )
     medians = peers["medians"] if peers else None
     ours = medians["pocketseg"] if medians else None

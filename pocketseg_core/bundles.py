@@ -147,6 +147,11 @@ class BundleConfig:
         """Network output channels: background plus one per label value (values are 1..N)."""
         return max(label.value for label in self.labels) + 1
 
+    @property
+    def input_channels(self) -> int:
+        """Network input channels: the slice (or volume) and ``context_slices`` neighbours each side."""
+        return 2 * self.context_slices + 1
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -233,10 +238,10 @@ class BundleConfig:
                 f"{where}: context_slices is for 2D networks (window_mode slice2d), not {self.window_mode}"
             )
         in_channels = self.network_args.get("in_channels", 1) if isinstance(self.network_args, Mapping) else 1
-        if in_channels != 2 * context + 1:
+        if in_channels != self.input_channels:
             raise BundleError(
                 f"{where}: the network takes {in_channels} input channel(s) but context_slices "
-                f"{context} gives {2 * context + 1} (the slice and {context} neighbour(s) each side); "
+                f"{context} gives {self.input_channels} (the slice and {context} neighbour(s) each side); "
                 "set network_args.in_channels to 2 * context_slices + 1"
             )
 

@@ -3,8 +3,9 @@
     .venv/bin/python scripts/ct_synthesis_overlay.py [--output docs/ct_synthesis_samples.png]
 
 Top row: the real CTs whose label maps are used; below, two samples of each (plain and portal
-venous phase), the axial slice with the most liver, the liver label's outline in red. Needs
-matplotlib and ../shared/data.
+venous phase), the axial slice with the most liver, the liver label's outline in red; the last
+column: samples with a synthetic chest above the liver (``chest_fraction`` 1), as a coronal
+slice through the liver's dome. Needs matplotlib and ../shared/data.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pocketseg_core.training.ct_synthesis import synthesize_ct_image  # noqa: E4
 
 SHARED_DATA = Path(os.environ.get("POCKETSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
-#: (title, CT, label map, scheme, liver value in the label map)
+#: (title, CT, label map, scheme, liver value in the label map, chest_fraction)
 SOURCES = [
     (
         "TotalSegmentator map (ts_small)",
@@ -35,6 +36,7 @@ SOURCES = [
         "liver/ts_abdomen_ct_small_labels.nii.gz",
         "totalsegmentator_v2",
         5,
+        0.0,
     ),
     (
         "TotalSegmentator map (ts_dicom)",
@@ -42,6 +44,7 @@ SOURCES = [
         "liver/ts_abdomen_ct_dicom_labels.nii.gz",
         "totalsegmentator_v2",
         5,
+        0.0,
     ),
     (
         "manual liver + CT classes (ircadb_017)",
@@ -49,6 +52,15 @@ SOURCES = [
         "liver/ircadb_017_liver.nii.gz",
         "liver",
         1,
+        0.0,
+    ),
+    (
+        "manual liver + synthetic chest (ircadb_001)",
+        "liver/ircadb_001_ct.nii.gz",
+        "liver/ircadb_001_liver.nii.gz",
+        "liver",
+        1,
+        1.0,
     ),
 ]
 
@@ -63,6 +75,28 @@ def axial(image: sitk.Image, liver: sitk.Image) -> tuple[np.ndarray, np.ndarray]
     return sitk.GetArrayFromImage(image)[z], mask[z]
 
 
+def coronal(image: sitk.Image, liver: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The coronal slice through the middle of the liver, head up, on a 2.5 mm square grid."""
+    image = sitk.DICOMOrient(image, "LPS")
+    liver = sitk.DICOMOrient(liver, "LPS")
+    square = [2.5, 2.5, 2.5]
+    size = [int(round(n * s / 2.5)) for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
+    image = sitk.Resample(
+        image,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        image.GetOrigin(),
+        square,
+        image.GetDirection(),
+        -1000.0,
+    )
+    liver = sitk.Resample(liver, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    mask = sitk.GetArrayFromImage(liver) > 0
+    y = int(np.round(np.argwhere(mask)[:, 1].mean()))
+    return sitk.GetArrayFromImage(image)[::-1, y, :], mask[::-1, y, :]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "ct_synthesis_samples.png")
@@ -73,18 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(3, len(SOURCES), figsize=(3.0 * len(SOURCES), 9.0))
-    for column, (title, ct_path, label_path, scheme, liver_value) in enumerate(SOURCES):
+    for column, (title, ct_path, label_path, scheme, liver_value, chest) in enumerate(SOURCES):
+        view = coronal if chest else axial
         ct = read_image(SHARED_DATA / ct_path)
         label = read_image(SHARED_DATA / label_path)
         real_liver = sitk.Resample(label, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0) == liver_value
-        panels = [(f"real: {title}", *axial(ct, real_liver))]
+        panels = [(f"real: {title}", *view(ct, real_liver))]
         for seed, phase in ((column, "plain"), (10 + column, "portal")):
             tick = time.perf_counter()
             image, liver = synthesize_ct_image(
-                ct, label, np.random.default_rng(seed), scheme=scheme, phase=phase
+                ct, label, np.random.default_rng(seed), scheme=scheme, phase=phase, chest_fraction=chest
             )
             print(f"{title} {phase}: {time.perf_counter() - tick:.2f} s, grid {image.GetSize()}")
-            panels.append((f"synthetic, {phase} (seed {seed})", *axial(image, liver)))
+            panels.append((f"synthetic, {phase} (seed {seed})", *view(image, liver)))
         for row, (text, slice_hu, mask) in enumerate(panels):
             axis = axes[row, column]
             axis.imshow(np.clip(slice_hu, -200, 300), cmap="gray", vmin=-200, vmax=300)

@@ -15,6 +15,7 @@ from pocketseg_core.training.ct_synthesis import (
     HU_RANGES,
     LESION_CONTRAST_HU,
     TISSUE,
+    ChestPadding,
     SynthesisRanges,
     synthesize_ct,
     synthesize_ct_details,
@@ -251,3 +252,125 @@ def test_bright_unlabelled_tissue_of_the_real_ct_is_liver_bright_in_a_portal_sam
         labels, SPACING, np.random.default_rng(0), scheme="liver", ct_hu=ct, deformation=False
     )
     assert (before.tissues[heart] == TISSUE["soft"]).all() and "soft_bright" not in before.means_hu
+
+
+def _abdomen_ct_image(direction=None) -> tuple[sitk.Image, sitk.Image]:
+    """A liver-only CT of 36 axial slices, 2.5 mm: body of fat, a muscle wall, a liver ending
+    10 slices (25 mm) below the top; LPS, or ``direction``."""
+    shape = (36, 64, 72)
+    body = _ellipsoid(shape, (18, 32, 36), (60, 28, 34))
+    ct = np.where(body, -90.0, -1000.0).astype(np.float32)
+    ct[body & ~_ellipsoid(shape, (18, 32, 36), (60, 24, 30))] = 50.0
+    liver = _ellipsoid(shape, (14, 30, 24), (11, 14, 13))
+    ct[liver] = 60.0
+    ct_image = sitk.GetImageFromArray(ct)
+    ct_image.SetSpacing((2.5, 2.5, 2.5))
+    ct_image.SetOrigin((-90.0, -80.0, 40.0))
+    if direction is not None:
+        ct_image.SetDirection(direction)
+    label_image = sitk.GetImageFromArray(liver.astype(np.uint8))
+    label_image.CopyInformation(ct_image)
+    return ct_image, label_image
+
+
+def _physical_top_mm(image: sitk.Image, mask: np.ndarray) -> float:
+    """The highest (LPS z, mm) centre of a voxel of ``mask`` (z, y, x) on ``image``'s grid."""
+    return max(image.TransformIndexToPhysicalPoint([int(i) for i in p[::-1]])[2] for p in np.argwhere(mask))
+
+
+@pytest.mark.parametrize("superior_first", [False, True])
+def test_chest_above_the_liver_adds_a_heart_labelled_background(superior_first):
+    """chest_fraction 1: the grid grows at its superior end (whichever end of the array that is),
+    the liver label stays where it was in physical space, and above and beside its dome lie
+    lungs and a heart (blood pool in a myocardium wall) that carries no liver label."""
+    direction = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0) if superior_first else None
+    ct_image, label_image = _abdomen_ct_image(direction)
+    for seed in range(3):
+        image, liver = synthesize_ct_image(
+            ct_image, label_image, np.random.default_rng(seed), scheme="liver", spacing=(2.5, 2.5, 2.5),
+            chest_fraction=1.0, deformation=False, degradation=False, phase="portal",
+        )  # fmt: skip
+        added = image.GetSize()[2] - ct_image.GetSize()[2]
+        assert 40 / 2.5 - 1 <= added <= 100 / 2.5 + 1
+        # the liver label is the original one, in the same physical place
+        back = sitk.Resample(liver, ct_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(label_image))
+        assert int(sitk.GetArrayFromImage(liver).sum()) == int(sitk.GetArrayFromImage(label_image).sum())
+        top_of_ct = max(
+            ct_image.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in (0, ct_image.GetSize()[2] - 1)
+        )
+        top_of_sample = max(
+            image.TransformIndexToPhysicalPoint((0, 0, k))[2] for k in (0, image.GetSize()[2] - 1)
+        )
+        assert top_of_sample == pytest.approx(top_of_ct + added * 2.5)
+        hu = sitk.GetArrayFromImage(image)
+        liver_mask = sitk.GetArrayFromImage(liver) > 0
+        # the heart: the portal blood pool's HU, no liver label, reaching below the liver's top
+        blood_low, blood_high = HU_RANGES["portal"]["blood"]
+        heart = (hu >= blood_low) & (hu <= blood_high) & ~liver_mask
+        assert heart.sum() * 2.5**3 / 1000 > 40  # ml
+        assert _physical_top_mm(image, heart) > _physical_top_mm(image, liver_mask) + 20
+        lung_low, lung_high = HU_RANGES["portal"]["lung"]
+        assert ((hu >= lung_low) & (hu <= lung_high)).sum() * 2.5**3 / 1000 > 100
+
+
+def test_no_chest_where_the_liver_reaches_the_top_or_without_the_option():
+    ct_image, label_image = _abdomen_ct_image()
+    cut = label_image[:, :, :14]  # the liver runs out of the field of view
+    cut_ct = ct_image[:, :, :14]
+    image, _ = synthesize_ct_image(
+        cut_ct, cut, np.random.default_rng(0), scheme="liver", spacing=(2.5, 2.5, 2.5), chest_fraction=1.0
+    )
+    assert image.GetSize() == cut_ct.GetSize()
+    # chest_fraction 0 (the default) draws exactly what a sample drew before the option existed
+    options = {"scheme": "liver", "spacing": (2.5, 2.5, 2.5)}
+    plain = synthesize_ct_image(ct_image, label_image, np.random.default_rng(4), **options)
+    zero = synthesize_ct_image(ct_image, label_image, np.random.default_rng(4), chest_fraction=0.0, **options)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(plain[0]), sitk.GetArrayFromImage(zero[0]))
+    assert plain[0].GetSize() == ct_image.GetSize()
+    details = synthesize_ct_details(
+        sitk.GetArrayFromImage(label_image), (2.5, 2.5, 2.5), np.random.default_rng(4), scheme="liver",
+        ct_hu=sitk.GetArrayFromImage(ct_image),
+    )  # fmt: skip
+    assert "myocardium" not in details.means_hu
+
+
+def test_the_heart_sits_on_the_dome_beside_the_liver_with_a_diaphragm_between():
+    """On the tissue map: the heart (blood pool and myocardium) reaches down beside the dome into
+    slices that hold liver, as in a real CT, never takes a liver voxel and keeps >= 3 mm (the
+    diaphragm) from it; the added slices are lungs inside a body wall."""
+    ct_image, label_image = _abdomen_ct_image()
+    labels = sitk.GetArrayFromImage(label_image)
+    ct = sitk.GetArrayFromImage(ct_image)
+    added = 24
+    labels = np.concatenate([labels, np.zeros((added, *labels.shape[1:]), labels.dtype)])
+    ct = np.concatenate([ct, np.full((added, *ct.shape[1:]), -1000.0, ct.dtype)])
+    chest = ChestPadding(slices=added, at_end=True, anterior_yx=(-1.0, 0.0), left_yx=(0.0, 1.0))
+    liver_top = int(np.flatnonzero(labels.any(axis=(1, 2)))[-1])
+    reached_below = 0
+    for seed in range(4):
+        sample = synthesize_ct_details(
+            labels, SPACING, np.random.default_rng(seed), scheme="liver", ct_hu=ct, chest=chest,
+            deformation=False, degradation=False,
+        )  # fmt: skip
+        tissues = sample.tissues
+        heart = np.isin(tissues, [TISSUE["blood"], TISSUE["myocardium"]])
+        np.testing.assert_array_equal(sample.liver_mask, labels)
+        assert not sample.liver_mask[heart].any()
+        assert heart[-added:].sum() * 2.5**3 / 1000 > 40
+        assert (tissues[-added:] == TISSUE["lung"]).sum() > (tissues[-added:] == TISSUE["soft"]).sum()
+        assert "myocardium" in sample.means_hu
+        distance = (
+            sitk.GetArrayFromImage(
+                sitk.SignedMaurerDistanceMap(
+                    sitk.GetImageFromArray(labels),
+                    insideIsPositive=False,
+                    squaredDistance=False,
+                    useImageSpacing=False,
+                )
+            )
+            * 2.5
+        )
+        assert distance[heart].min() >= 3.0
+        reached_below += bool(heart[: liver_top + 1].any())
+    assert reached_below >= 3

@@ -378,6 +378,15 @@ def test_ct_synthesis_from_label_maps_in_a_recipe(tmp_path):
     bright = build_training_volumes(recipe.replace(synthesis=spec), tmp_path, held_out=["ct0"])
     assert np.array_equal(bright[0].image, volumes[0].image)
     assert not np.array_equal(bright[2].image, volumes[2].image)
+    # chest_fraction reaches the synthesis too (the phantoms' livers reach their top, so no chest
+    # is painted, but the draw for it changes the sample); a source's own per_source overrides
+    # the block's
+    chest = recipe.replace(synthesis={**recipe.synthesis, "chest_fraction": 1.0})
+    sources = [dict(s, per_source=3) if s["case"] == "synth_ct1" else s for s in chest.sources]
+    with_chest = build_training_volumes(chest.replace(sources=sources), tmp_path, held_out=["ct0"])
+    assert [v.case_id for v in with_chest][-3:] == [f"synth_synth_ct1_{i}" for i in range(3)]
+    assert with_chest[-3].image.shape == volumes[2].image.shape
+    assert not np.array_equal(with_chest[-3].image, volumes[2].image)
     assert np.array_equal(bright[2].label, volumes[2].label)  # the same deformation: same rng draws
 
 
@@ -389,3 +398,9 @@ def test_ct_synthesis_recipe_errors_name_the_source(tmp_path):
     bad_scheme = [dict(s, scheme="mri") if s["case"] == "synth_ct0" else s for s in recipe.sources]
     with pytest.raises(PocketSegError, match="unknown label scheme 'mri'"):
         check_recipe(recipe.replace(sources=bad_scheme))
+    bad_count = [dict(s, per_source=2) if s["case"] == "ct0" else s for s in recipe.sources]
+    with pytest.raises(PocketSegError, match="'ct0' has per_source 2; only a synthesis source"):
+        check_recipe(recipe.replace(sources=bad_count))
+    negative = [dict(s, per_source=-1) if s["case"] == "synth_ct0" else s for s in recipe.sources]
+    with pytest.raises(PocketSegError, match="whole number >= 0"):
+        check_recipe(recipe.replace(sources=negative))

@@ -13,6 +13,8 @@ state gives the same sample, voxel for voxel):
    :data:`TOTALSEGMENTATOR_V2_TISSUES`; or a liver-only mask) -> a tissue of :data:`HU_RANGES`;
    unlabelled voxels get a class from the real CT's HU (air, fat, soft tissue, bright soft tissue, bone:
    :data:`CT_CLASS_EDGES_HU`) or, without a CT, a generic body (fat with a muscle wall, air out);
+   optionally (``chest``, :func:`add_chest`) a chest above the liver: lungs inside the body wall
+   and a heart (blood pool in a ``myocardium`` wall) on the dome, labelled background;
 2. a random affine (rotation, scaling, shift) and elastic deformation of the class map (nearest
    neighbour): the liver label and the liver voxels come from the same deformed map, so they
    are aligned exactly;
@@ -46,6 +48,8 @@ spinal cord      20 .. 40        20 .. 45
 cartilage        70 .. 150       70 .. 150        costal cartilage, partly calcified
 bone             200 .. 500      200 .. 500       vertebra/rib mean at 2-3 mm (cancellous 150-400,
                                                   cortical 500-1200) [1]
+myocardium       35 .. 55        70 .. 120        heart wall of the synthetic chest (enhancing
+                                                  muscle); its blood pool is ``blood``
 fat              -110 .. -60     -110 .. -60      -100 .. -50 [1]
 lung             -900 .. -750    -900 .. -750     aerated lung [1]
 air              -1010 .. -970   -1010 .. -970    outside the body, bowel gas, trachea [1]
@@ -101,6 +105,8 @@ TISSUES = (
     "liver_vessel",
     "lesion_hypo",
     "lesion_hyper",
+    # the synthetic chest's heart wall (add_chest)
+    "myocardium",
 )
 TISSUE = {name: index for index, name in enumerate(TISSUES)}
 #: tissues that carry the liver label
@@ -128,6 +134,7 @@ HU_RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "spinal_cord": (20, 40),
         "cartilage": (70, 150),
         "bone": (200, 500),
+        "myocardium": (35, 55),
     },
     "portal": {
         "air": (-1010, -970),
@@ -148,6 +155,7 @@ HU_RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "spinal_cord": (20, 45),
         "cartilage": (70, 150),
         "bone": (200, 500),
+        "myocardium": (70, 120),
     },
 }
 #: lesion contrast to the liver (HU), per phase and kind
@@ -389,6 +397,121 @@ def add_lesions(
         region[inside] = TISSUE[kind]
 
 
+@dataclass(frozen=True)
+class ChestPadding:
+    """Slices added above the label map's top for a synthetic chest (:func:`add_chest`).
+
+    ``slices``: how many of the array's axial slices (axis 0) are added; ``at_end``: True when
+    superior is increasing z index (the added slices are the last ones), False when they are the
+    first ones; ``anterior_yx`` and ``left_yx``: the in-plane unit directions (array y, x) that
+    point to the patient's front and left.
+    """
+
+    slices: int
+    at_end: bool
+    anterior_yx: tuple[float, float]
+    left_yx: tuple[float, float]
+
+
+#: the liver must end this far (mm) below the label map's top for a chest to go above it: a liver
+#: cut by the field of view goes on above it, so lungs right above it would be a lie
+CHEST_MIN_MARGIN_MM = 5.0
+
+
+def _distance_inside_2d(mask: np.ndarray, spacing_yx: Sequence[float]) -> np.ndarray:
+    """Distance (mm) of every voxel of the 2D ``mask`` to its outside (<= 0 outside)."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing((float(spacing_yx[1]), float(spacing_yx[0])))
+    return -sitk.GetArrayFromImage(
+        sitk.SignedMaurerDistanceMap(
+            image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+        )
+    )
+
+
+def add_chest(
+    tissues: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator, chest: ChestPadding
+) -> bool:
+    """Paint a chest into the ``chest.slices`` added slices of ``tissues`` and a heart on the
+    liver's dome (in place); False (nothing painted) when the liver ends less than
+    :data:`CHEST_MIN_MARGIN_MM` below the original top or there is no body or liver.
+
+    Why: a CT that reaches into the chest shows the heart above the liver, as bright as the
+    liver or brighter and as smooth, and a network that never saw one labels it liver. The heart
+    is background here, so the network learns where the liver ends.
+
+    - body wall: the original top slice (the highest with liver's neighbours), copied upwards;
+      inside a wall 12-25 mm thick everything becomes lung, apart from bone, spinal cord and
+      vessels (spine, aorta); liver voxels of the copied slice become muscle (diaphragm);
+    - heart: an irregular ellipsoid (radii 45-65 mm left-right, 35-50 mm front-back, 40-55 mm
+      up-down), 15-40 mm anterior and -15..40 mm left of the cavity's centre, its lower pole 0-30
+      mm below the liver's top, so that the dome and the heart share slices as they do in a real
+      CT; a wall of ``myocardium`` (6-12 mm) round a blood pool (``blood``); in the original
+      slices it takes only voxels that are not liver, bone or outside the body, and the voxels
+      3-7 mm from the liver are ``muscle``: the diaphragm between them.
+    """
+    view = tissues if chest.at_end else tissues[::-1]  # superior = increasing index (a view)
+    added = int(chest.slices)
+    top = view.shape[0] - added - 1  # the original top slice
+    if added <= 0 or top < 0:
+        return False
+    liver_tissues = [TISSUE[t] for t in LIVER_TISSUES]
+    liver = np.isin(view, liver_tissues)
+    liver_slices = np.flatnonzero(liver[: top + 1].any(axis=(1, 2)))
+    if liver_slices.size == 0 or (top - liver_slices[-1]) * spacing_zyx[0] < CHEST_MIN_MARGIN_MM:
+        return False
+    template = view[top].copy()
+    body = sitk.GetArrayFromImage(
+        sitk.BinaryFillhole(sitk.GetImageFromArray((template != TISSUE["air"]).astype(np.uint8)))
+    ).astype(bool)
+    if not body.any():
+        return False
+    depth = _distance_inside_2d(body, spacing_zyx[1:])
+    cavity = body & (depth > rng.uniform(12.0, 25.0))
+    kept = np.isin(template, [TISSUE["bone"], TISSUE["spinal_cord"], TISSUE["blood"]])
+    chest_slice = template.copy()
+    chest_slice[cavity & ~kept] = TISSUE["lung"]
+    chest_slice[np.isin(chest_slice, liver_tissues)] = TISSUE["muscle"]
+    view[top + 1 :] = chest_slice
+
+    # the heart: an ellipsoid in mm about a centre placed from the cavity and the liver's top
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    centre_yx = np.argwhere(cavity).mean(axis=0) * spacing[1:]
+    centre_yx = (
+        centre_yx
+        + rng.uniform(15.0, 40.0) * np.asarray(chest.anterior_yx)
+        + rng.uniform(-15.0, 40.0) * np.asarray(chest.left_yx)
+    )
+    radii_lr_ap_si = (rng.uniform(45.0, 65.0), rng.uniform(35.0, 50.0), rng.uniform(40.0, 55.0))
+    lower_pole = liver_slices[-1] * spacing[0] - rng.uniform(0.0, 30.0)
+    centre = np.array([lower_pole + radii_lr_ap_si[2], *centre_yx])
+    z, y, x = (np.arange(n) * s for n, s in zip(view.shape, spacing, strict=True))
+    offset_y = y[:, None] - centre[1]
+    offset_x = x[None, :] - centre[2]
+    along_ap = offset_y * chest.anterior_yx[0] + offset_x * chest.anterior_yx[1]
+    along_lr = offset_y * chest.left_yx[0] + offset_x * chest.left_yx[1]
+    in_plane = (along_lr / radii_lr_ap_si[0]) ** 2 + (along_ap / radii_lr_ap_si[1]) ** 2
+    distance = ((z - centre[0]) / radii_lr_ap_si[2])[:, None, None] ** 2 + in_plane[None]
+    distance = distance + 0.15 * smooth_noise(rng, view.shape, spacing_zyx, 30.0)
+    wall = rng.uniform(6.0, 12.0) / min(radii_lr_ap_si)
+    heart = distance < 1.0
+    heart[top + 1 :] &= (cavity & ~kept)[None]
+    heart[: top + 1] &= ~np.isin(view[: top + 1], [*liver_tissues, TISSUE["bone"], TISSUE["air"]])
+    if heart.any():
+        liver_distance = sitk.GetArrayFromImage(
+            sitk.SignedMaurerDistanceMap(
+                _image(liver.astype(np.uint8), spacing_zyx),
+                insideIsPositive=False,
+                squaredDistance=False,
+                useImageSpacing=True,
+            )
+        )
+        view[heart & (distance < (1.0 - wall) ** 2)] = TISSUE["blood"]
+        view[heart & (distance >= (1.0 - wall) ** 2)] = TISSUE["myocardium"]
+        view[heart & (liver_distance > 0) & (liver_distance < rng.uniform(3.0, 7.0))] = TISSUE["muscle"]
+    return True
+
+
 def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The numpy slices of the non-zero part of ``mask``, or None when it is all zero."""
     extent = nonzero_extent(mask)
@@ -420,6 +543,7 @@ def synthesize_ct_details(
     deformation: bool = True,
     degradation: bool = True,
     bright_soft_tissue_hu: float | None = None,
+    chest: ChestPadding | None = None,
 ) -> SyntheticCT:
     """One synthetic CT from ``label_map`` ``(z, y, x)`` with voxel ``spacing`` (z, y, x) in mm.
 
@@ -437,6 +561,9 @@ def synthesize_ct_details(
             exactly its mean (tests).
         bright_soft_tissue_hu: unlabelled voxels of ``ct_hu`` at least this bright are a tissue of
             their own, ``soft_bright`` (:func:`tissue_map`); None: plain soft tissue.
+        chest: the slices of ``label_map`` added above its top (unlabelled, and air on
+            ``ct_hu``) to hold a synthetic chest and heart (:func:`add_chest`, before the
+            deformation); None: no chest.
 
     Returns:
         :class:`SyntheticCT` with the image (float32 HU) and the liver mask (uint8) on
@@ -456,22 +583,25 @@ def synthesize_ct_details(
         raise ValueError("label_map has negative values; label maps hold 0 (background) and positive labels")
     spacing_zyx = [float(s) for s in spacing]
     tissues = tissue_map(label_map, mapping, ct_hu, spacing_zyx, rng, bright_soft_tissue_hu)
+    if chest is not None:
+        add_chest(tissues, spacing_zyx, rng, chest)
     if deformation:
         tissues = deform(tissues, spacing_zyx, rng, ranges)
     add_liver_vessels(tissues, spacing_zyx, rng, ranges)
     add_lesions(tissues, spacing_zyx, rng, ranges)
     liver_mask = np.isin(tissues, [TISSUE[t] for t in LIVER_TISSUES]).astype(np.uint8)
 
-    # soft_bright last and only when present: recipes without it draw exactly what they drew before
+    # soft_bright and myocardium last and only when present: recipes without them draw exactly
+    # what they drew before
+    optional = {"soft_bright": "soft", "myocardium": "muscle"}  # -> the tissue it copies when absent
     means = {
-        name: float(rng.uniform(*HU_RANGES[phase][name]))
-        for name in HU_RANGES[phase]
-        if name != "soft_bright"
+        name: float(rng.uniform(*HU_RANGES[phase][name])) for name in HU_RANGES[phase] if name not in optional
     }
-    if (tissues == TISSUE["soft_bright"]).any():
-        means["soft_bright"] = float(rng.uniform(*HU_RANGES[phase]["soft_bright"]))
-    else:
-        means["soft_bright"] = means["soft"]
+    for name, stand_in in optional.items():
+        if (tissues == TISSUE[name]).any():
+            means[name] = float(rng.uniform(*HU_RANGES[phase][name]))
+        else:
+            means[name] = means[stand_in]
     liver = means["liver"]
     means["lesion_hypo"] = liver + float(rng.uniform(*LESION_CONTRAST_HU[phase]["hypo"]))
     means["lesion_hyper"] = liver + float(rng.uniform(*LESION_CONTRAST_HU[phase]["hyper"]))
@@ -517,6 +647,46 @@ def synthesize_ct(
     return sample.image, sample.liver_mask
 
 
+def _chest_grid(
+    grid: sitk.Image,
+    label_grid: sitk.Image,
+    mapping: Mapping[int, str],
+    rng: np.random.Generator,
+    height_mm: tuple[float, float],
+) -> tuple[sitk.Image, ChestPadding] | None:
+    """``grid`` grown by 40-100 mm (``height_mm``) at its superior end, and where in the array
+    the added slices lie; None when the grid's slice axis is not the one closest to
+    head-feet (a sagittal or coronal grid) or the liver ends less than
+    :data:`CHEST_MIN_MARGIN_MM` below the grid's top."""
+    direction = np.asarray(grid.GetDirection()).reshape(3, 3)  # columns: index axes in LPS
+    if int(np.argmax(np.abs(direction[2]))) != 2:
+        return None
+    at_end = bool(direction[2, 2] > 0)
+    liver_values = [value for value, tissue in mapping.items() if tissue == "liver"]
+    liver = np.isin(sitk.GetArrayFromImage(label_grid), liver_values)
+    slices = np.flatnonzero(liver.any(axis=(1, 2)))
+    if slices.size == 0:
+        return None
+    spacing_z = grid.GetSpacing()[2]
+    margin = (liver.shape[0] - 1 - slices[-1]) if at_end else slices[0]
+    if margin * spacing_z < CHEST_MIN_MARGIN_MM:
+        return None
+    added = max(1, int(round(rng.uniform(*height_mm) / spacing_z)))
+    size = list(grid.GetSize())
+    size[2] += added
+    grown = sitk.Image(size, sitk.sitkUInt8)
+    grown.SetSpacing(grid.GetSpacing())
+    grown.SetDirection(grid.GetDirection())
+    origin = np.asarray(grid.GetOrigin())
+    if not at_end:  # the added slices come first: the origin moves up by their height
+        origin = origin - added * spacing_z * direction[:, 2]
+    grown.SetOrigin(tuple(origin))
+    # LPS: anterior is -y, left is +x; array (y, x) = index axes (1, 0)
+    anterior = (-float(direction[1, 1]), -float(direction[1, 0]))
+    left = (float(direction[0, 1]), float(direction[0, 0]))
+    return grown, ChestPadding(slices=added, at_end=at_end, anterior_yx=anterior, left_yx=left)
+
+
 def synthesize_ct_image(
     ct: sitk.Image | None,
     label: sitk.Image,
@@ -524,6 +694,8 @@ def synthesize_ct_image(
     *,
     scheme: str | Mapping[int, str] = "totalsegmentator_v2",
     spacing: Sequence[float] = (2.5, 2.5, 2.5),
+    chest_fraction: float = 0.0,
+    chest_height_mm: tuple[float, float] = (40.0, 100.0),
     **options,
 ) -> tuple[sitk.Image, sitk.Image]:
     """:func:`synthesize_ct` on SimpleITK images: (synthetic CT float32, liver mask uint8).
@@ -533,6 +705,12 @@ def synthesize_ct_image(
     another axis order or direction than its CT (the y-flipped TotalSegmentator DICOM labels)
     lines up; the CT is resampled linearly onto the same grid for the unlabelled classes. Both
     outputs carry that grid's geometry.
+
+    ``chest_fraction``: the probability that the sample gets a synthetic chest with a heart
+    above the liver (:func:`add_chest`): the grid grows by ``chest_height_mm`` at its superior
+    end (the outputs then cover more than ``ct``'s field of view). Only where the liver ends at
+    least :data:`CHEST_MIN_MARGIN_MM` below the top of an axial grid; 0 draws nothing more from
+    ``rng`` than before the option existed.
     """
     reference = ct if ct is not None else label
     size = [
@@ -547,6 +725,15 @@ def synthesize_ct_image(
     direction = np.asarray(reference.GetDirection()).reshape(3, 3)
     grid.SetOrigin(tuple(corner + direction @ (0.5 * np.asarray(spacing, dtype=float))))
     label_grid = sitk.Resample(label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
+    chest = None
+    if chest_fraction > 0 and rng.random() < chest_fraction:
+        mapping = LABEL_SCHEMES[scheme] if isinstance(scheme, str) else scheme
+        grown = _chest_grid(grid, label_grid, mapping, rng, chest_height_mm)
+        if grown is not None:
+            grid, chest = grown
+            label_grid = sitk.Resample(
+                label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16
+            )
     ct_hu = None
     if ct is not None:
         ct_grid = sitk.Resample(ct, grid, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
@@ -557,6 +744,7 @@ def synthesize_ct_image(
         rng,
         scheme=scheme,
         ct_hu=ct_hu,
+        chest=chest,
         **options,
     )
     image_out = sitk.GetImageFromArray(image)

@@ -111,6 +111,14 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
                 f"{where}: source {source['case']!r} names an unknown from_case {source['from_case']!r}; "
                 f"known: {ids}"
             )
+        count = source.get("per_source")
+        if count is not None and (
+            source.get("use") != "synthesis" or not isinstance(count, int) or count < 0
+        ):
+            raise PocketSegError(
+                f"{where}: source {source['case']!r} has per_source {count!r}; only a synthesis source may "
+                "set it, to a whole number >= 0 (how many synthetic images it makes)"
+            )
         if source.get("scheme") and source["scheme"] not in LABEL_SCHEMES:
             raise PocketSegError(
                 f"{where}: source {source['case']!r} has an unknown label scheme {source['scheme']!r}; "
@@ -246,7 +254,8 @@ def build_training_volumes(
     config: TrainingConfig, data_root: Path, held_out: list[str]
 ) -> list[TrainingVolume]:
     """The training volumes of a run on the working grid: the labelled cases not held out, then
-    (with ``synthesis``) ``per_source`` synthetic images of every ``use: synthesis`` source.
+    (with ``synthesis``) ``per_source`` synthetic images of every ``use: synthesis`` source (a
+    source's own ``per_source`` overrides the synthesis block's).
 
     With ``balance: "half"`` the real volumes are repeated so that about half of the patches
     come from real images (patches are drawn from a uniformly chosen volume).
@@ -256,7 +265,9 @@ def build_training_volumes(
     names it in ``from_case``, so that the run holding that case out does not see its labels.
     The synthetic CTs are made on the recipe's working grid (``spacing``); ``bright_soft_tissue_hu``
     (e.g. 90) gives the unlabelled tissue that enhances on the real CT a class of its own
-    (:func:`~pocketseg_core.training.ct_synthesis.tissue_map`).
+    (:func:`~pocketseg_core.training.ct_synthesis.tissue_map`); ``chest_fraction`` (e.g. 0.7) is
+    the share of synthetic CTs that get a chest with a heart above the liver, labelled
+    background (:func:`~pocketseg_core.training.ct_synthesis.add_chest`).
     """
     real = []
     for source in config.sources:
@@ -283,7 +294,7 @@ def build_training_volumes(
             scheme = source.get("scheme", "totalsegmentator_v2")
         else:
             brain, mask = load_stripped_brain(data_root, source)
-        for copy in range(int(spec.get("per_source", 1))):
+        for copy in range(int(source.get("per_source", spec.get("per_source", 1)))):
             if kind in CT_SYNTHESIS_KINDS:
                 head, label = CT_SYNTHESIS_KINDS[kind](
                     ct,
@@ -292,6 +303,7 @@ def build_training_volumes(
                     scheme=scheme,
                     spacing=tuple(config.spacing),
                     bright_soft_tissue_hu=spec.get("bright_soft_tissue_hu"),
+                    chest_fraction=float(spec.get("chest_fraction", 0.0)),
                 )
             else:
                 head, label = synthesize_head(

@@ -247,6 +247,24 @@ def _image(array: np.ndarray, spacing_zyx: Sequence[float]) -> sitk.Image:
     return image
 
 
+def _distance_mm(mask: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Signed distance (mm) of every voxel of the 2D or 3D ``mask`` to its edge: positive outside,
+    negative inside."""
+    return sitk.GetArrayFromImage(
+        sitk.SignedMaurerDistanceMap(
+            _image(mask.astype(np.uint8), spacing_zyx),
+            insideIsPositive=False,
+            squaredDistance=False,
+            useImageSpacing=True,
+        )
+    )
+
+
+def _scheme_mapping(scheme: str | Mapping[int, str]) -> Mapping[int, str]:
+    """``{label value: tissue}`` of a scheme given by name (:data:`LABEL_SCHEMES`) or as a mapping."""
+    return LABEL_SCHEMES[scheme] if isinstance(scheme, str) else scheme
+
+
 def smooth_noise(
     rng: np.random.Generator, shape: Sequence[int], spacing_zyx: Sequence[float], scale_mm: float
 ) -> np.ndarray:
@@ -297,12 +315,7 @@ def tissue_map(
             bright = unlabelled & (tissues == TISSUE["soft"]) & (ct_hu >= bright_soft_tissue_hu)
             tissues[bright] = TISSUE["soft_bright"]
         return tissues
-    labelled = _image((~unlabelled).astype(np.uint8), spacing_zyx)
-    distance = sitk.GetArrayFromImage(
-        sitk.SignedMaurerDistanceMap(
-            labelled, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
-        )
-    )
+    distance = _distance_mm(~unlabelled, spacing_zyx)
     margin = rng.uniform(15.0, 45.0) + 5.0 * smooth_noise(rng, label_map.shape, spacing_zyx, 40.0)
     wall = rng.uniform(5.0, 15.0)
     body = distance < margin
@@ -418,17 +431,6 @@ class ChestPadding:
 CHEST_MIN_MARGIN_MM = 5.0
 
 
-def _distance_inside_2d(mask: np.ndarray, spacing_yx: Sequence[float]) -> np.ndarray:
-    """Distance (mm) of every voxel of the 2D ``mask`` to its outside (<= 0 outside)."""
-    image = sitk.GetImageFromArray(mask.astype(np.uint8))
-    image.SetSpacing((float(spacing_yx[1]), float(spacing_yx[0])))
-    return -sitk.GetArrayFromImage(
-        sitk.SignedMaurerDistanceMap(
-            image, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
-        )
-    )
-
-
 def add_chest(
     tissues: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator, chest: ChestPadding
 ) -> bool:
@@ -466,7 +468,7 @@ def add_chest(
     ).astype(bool)
     if not body.any():
         return False
-    depth = _distance_inside_2d(body, spacing_zyx[1:])
+    depth = -_distance_mm(body, spacing_zyx[1:])
     cavity = body & (depth > rng.uniform(12.0, 25.0))
     kept = np.isin(template, [TISSUE["bone"], TISSUE["spinal_cord"], TISSUE["blood"]])
     chest_slice = template.copy()
@@ -498,14 +500,7 @@ def add_chest(
     heart[top + 1 :] &= (cavity & ~kept)[None]
     heart[: top + 1] &= ~np.isin(view[: top + 1], [*liver_tissues, TISSUE["bone"], TISSUE["air"]])
     if heart.any():
-        liver_distance = sitk.GetArrayFromImage(
-            sitk.SignedMaurerDistanceMap(
-                _image(liver.astype(np.uint8), spacing_zyx),
-                insideIsPositive=False,
-                squaredDistance=False,
-                useImageSpacing=True,
-            )
-        )
+        liver_distance = _distance_mm(liver, spacing_zyx)
         view[heart & (distance < (1.0 - wall) ** 2)] = TISSUE["blood"]
         view[heart & (distance >= (1.0 - wall) ** 2)] = TISSUE["myocardium"]
         view[heart & (liver_distance > 0) & (liver_distance < rng.uniform(3.0, 7.0))] = TISSUE["muscle"]
@@ -570,7 +565,7 @@ def synthesize_ct_details(
         ``label_map``'s grid.
     """
     ranges = ranges or SynthesisRanges()
-    mapping = LABEL_SCHEMES[scheme] if isinstance(scheme, str) else scheme
+    mapping = _scheme_mapping(scheme)
     phase = phase or str(rng.choice(PHASES))
     if phase not in PHASES:
         raise ValueError(f"unknown CT phase {phase!r}; use one of {PHASES}")
@@ -672,15 +667,9 @@ def _chest_grid(
     if margin * spacing_z < CHEST_MIN_MARGIN_MM:
         return None
     added = max(1, int(round(rng.uniform(*height_mm) / spacing_z)))
-    size = list(grid.GetSize())
-    size[2] += added
-    grown = sitk.Image(size, sitk.sitkUInt8)
-    grown.SetSpacing(grid.GetSpacing())
-    grown.SetDirection(grid.GetDirection())
-    origin = np.asarray(grid.GetOrigin())
-    if not at_end:  # the added slices come first: the origin moves up by their height
-        origin = origin - added * spacing_z * direction[:, 2]
-    grown.SetOrigin(tuple(origin))
+    none, padding = (0, 0, 0), (0, 0, added)
+    # ConstantPad moves the origin when the added slices come first (index 0 is superior)
+    grown = sitk.ConstantPad(grid, none, padding) if at_end else sitk.ConstantPad(grid, padding, none)
     # LPS: anterior is -y, left is +x; array (y, x) = index axes (1, 0)
     anterior = (-float(direction[1, 1]), -float(direction[1, 0]))
     left = (float(direction[0, 1]), float(direction[0, 0]))
@@ -727,7 +716,7 @@ def synthesize_ct_image(
     label_grid = sitk.Resample(label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16)
     chest = None
     if chest_fraction > 0 and rng.random() < chest_fraction:
-        mapping = LABEL_SCHEMES[scheme] if isinstance(scheme, str) else scheme
+        mapping = _scheme_mapping(scheme)
         grown = _chest_grid(grid, label_grid, mapping, rng, chest_height_mm)
         if grown is not None:
             grid, chest = grown

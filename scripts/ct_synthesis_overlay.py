@@ -4,8 +4,9 @@
 
 Top row: the real CTs whose label maps are used; below, two samples of each (plain and portal
 venous phase), the axial slice with the most liver, the liver label's outline in red; the last
-column: samples with a synthetic chest above the liver (``chest_fraction`` 1), as a coronal
-slice through the liver's dome. Needs matplotlib and ../shared/data.
+column: samples with a synthetic chest above the liver and a synthetic right kidney under its tip
+(``chest_fraction`` and ``kidney_fraction`` 1), as a coronal slice through the back of the liver.
+Needs matplotlib and ../shared/data.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pocketseg_core.training.ct_synthesis import synthesize_ct_image  # noqa: E4
 
 SHARED_DATA = Path(os.environ.get("POCKETSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
-#: (title, CT, label map, scheme, liver value in the label map, chest_fraction)
+#: (title, CT, label map, scheme, liver value in the label map, chest_fraction and kidney_fraction)
 SOURCES = [
     (
         "TotalSegmentator map (ts_small)",
@@ -55,7 +56,7 @@ SOURCES = [
         0.0,
     ),
     (
-        "manual liver + synthetic chest (ircadb_001)",
+        "manual liver + synthetic chest, kidney (ircadb_001)",
         "liver/ircadb_001_ct.nii.gz",
         "liver/ircadb_001_liver.nii.gz",
         "liver",
@@ -76,7 +77,8 @@ def axial(image: sitk.Image, liver: sitk.Image) -> tuple[np.ndarray, np.ndarray]
 
 
 def coronal(image: sitk.Image, liver: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
-    """The coronal slice through the middle of the liver, head up, on a 2.5 mm square grid."""
+    """The coronal slice through the back of the liver (70 % of the way from its front to its
+    back, where the right kidney lies under it), head up, on a 2.5 mm square grid."""
     image = sitk.DICOMOrient(image, "LPS")
     liver = sitk.DICOMOrient(liver, "LPS")
     square = [2.5, 2.5, 2.5]
@@ -93,7 +95,7 @@ def coronal(image: sitk.Image, liver: sitk.Image) -> tuple[np.ndarray, np.ndarra
     )
     liver = sitk.Resample(liver, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     mask = sitk.GetArrayFromImage(liver) > 0
-    y = int(np.round(np.argwhere(mask)[:, 1].mean()))
+    y = int(np.round(np.percentile(np.argwhere(mask)[:, 1], 70)))
     return sitk.GetArrayFromImage(image)[::-1, y, :], mask[::-1, y, :]
 
 
@@ -116,7 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed, phase in ((column, "plain"), (10 + column, "portal")):
             tick = time.perf_counter()
             image, liver = synthesize_ct_image(
-                ct, label, np.random.default_rng(seed), scheme=scheme, phase=phase, chest_fraction=chest
+                ct,
+                label,
+                np.random.default_rng(seed),
+                scheme=scheme,
+                phase=phase,
+                chest_fraction=chest,
+                kidney_fraction=chest,
             )
             print(f"{title} {phase}: {time.perf_counter() - tick:.2f} s, grid {image.GetSize()}")
             panels.append((f"synthetic, {phase} (seed {seed})", *view(image, liver)))

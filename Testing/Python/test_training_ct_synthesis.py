@@ -15,8 +15,11 @@ from pocketseg_core.training.ct_synthesis import (
     HU_RANGES,
     LESION_CONTRAST_HU,
     TISSUE,
+    AxialFrame,
     ChestPadding,
     SynthesisRanges,
+    add_kidney,
+    axial_frame,
     synthesize_ct,
     synthesize_ct_details,
     synthesize_ct_image,
@@ -374,3 +377,132 @@ def test_the_heart_sits_on_the_dome_beside_the_liver_with_a_diaphragm_between():
         assert distance[heart].min() >= 3.0
         reached_below += bool(heart[: liver_top + 1].any())
     assert reached_below >= 3
+
+
+def _liver_and_spine_phantom() -> tuple[np.ndarray, np.ndarray]:
+    """A liver-only label map (z, y, x; LPS, superior = increasing z) and its CT: a body of fat
+    with a muscle wall, a spine (bone, posterior midline) and a liver on the patient's right
+    whose lowest slice is z = 20 (50 mm above the grid's bottom)."""
+    shape = (48, 64, 72)
+    body = _ellipsoid(shape, (24, 32, 36), (80, 28, 34))
+    ct = np.where(body, -90.0, -1000.0).astype(np.float32)
+    ct[body & ~_ellipsoid(shape, (24, 32, 36), (80, 24, 30))] = 50.0
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    spine = ((y - 48) ** 2 + (x - 36) ** 2 <= 16) & (z >= 0)
+    ct[spine] = 400.0
+    liver = _ellipsoid(shape, (32, 28, 22), (12, 13, 12))
+    ct[liver] = 110.0
+    return liver.astype(np.uint8), ct
+
+
+def test_axial_frame_reads_the_patient_directions_from_the_direction_matrix():
+    lps = axial_frame((1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert lps == AxialFrame(superior_at_end=True, anterior_yx=(-1.0, -0.0), left_yx=(0.0, 1.0))
+    ras_like = axial_frame((-1, 0, 0, 0, -1, 0, 0, 0, -1))
+    assert ras_like.superior_at_end is False and ras_like.anterior_yx == (1.0, -0.0)
+    assert ras_like.left_yx == (0.0, -1.0)
+    assert axial_frame((1, 0, 0, 0, 0, 1, 0, 1, 0)) is None  # coronal slices: no axial frame
+
+
+@pytest.mark.parametrize("superior_first", [False, True])
+def test_synthetic_kidney_lies_right_of_the_spine_behind_the_liver_tip_labelled_background(superior_first):
+    """add_kidney: a kidney of ~30-200 ml on the patient's right of the spine, posterior, beside
+    and below the liver's lowest slice; it never takes a liver voxel, the liver label is
+    untouched; cortex in the phase's kidney range, a darker medulla in some samples. The same
+    anatomy whichever end of the array is superior."""
+    labels, ct = _liver_and_spine_phantom()
+    frame = AxialFrame(superior_at_end=not superior_first, anterior_yx=(-1.0, 0.0), left_yx=(0.0, 1.0))
+    if superior_first:
+        labels, ct = labels[::-1].copy(), ct[::-1].copy()
+    medulla_seen = 0
+    for seed in range(8):
+        sample = synthesize_ct_details(
+            labels, SPACING, np.random.default_rng(seed), scheme="liver", ct_hu=ct, kidney=frame,
+            deformation=False, degradation=False, phase="portal",
+        )  # fmt: skip
+        tissues = sample.tissues[::-1] if superior_first else sample.tissues  # superior = high z
+        liver = (labels[::-1] if superior_first else labels).astype(bool)
+        kidney = np.isin(tissues, [TISSUE["kidney"], TISSUE["renal_medulla"]])
+        np.testing.assert_array_equal(sample.liver_mask, labels)
+        assert not liver[kidney].any()
+        assert 30 < kidney.sum() * 2.5**3 / 1000 < 200  # ml
+        points = np.argwhere(kidney)
+        assert points[:, 2].max() < 36  # right of the spine (x = 36; LPS: right is low x)
+        assert points[:, 1].mean() > 28  # behind the liver's centre (LPS: posterior is high y)
+        liver_bottom = int(np.flatnonzero(liver.any(axis=(1, 2)))[0])
+        assert points[:, 0].min() < liver_bottom < points[:, 0].max()  # beside the tip, reaching below
+        low, high = HU_RANGES["portal"]["kidney"]
+        assert low <= sample.means_hu["kidney"] <= high
+        medulla_seen += "renal_medulla" in sample.means_hu
+    assert 1 <= medulla_seen <= 7
+
+
+def test_no_synthetic_kidney_where_the_map_has_kidneys_or_without_the_option(phantom):
+    """A multi-organ map with its own kidneys gets no second one (and draws nothing more);
+    kidney_fraction 0 (the default) draws exactly what a sample drew before the option existed."""
+    labels, ct = phantom
+    frame = AxialFrame(superior_at_end=True, anterior_yx=(-1.0, 0.0), left_yx=(0.0, 1.0))
+    tissues = np.asarray(labels == 2, dtype=np.uint8) * TISSUE["kidney"]
+    assert add_kidney(tissues.copy(), SPACING, np.random.default_rng(0), frame) is False
+    with_frame = synthesize_ct_details(labels, SPACING, np.random.default_rng(3), ct_hu=ct, kidney=frame)
+    without = synthesize_ct_details(labels, SPACING, np.random.default_rng(3), ct_hu=ct)
+    np.testing.assert_array_equal(with_frame.image, without.image)
+    liver_only = np.asarray(labels == 5, dtype=np.uint8)
+    assert (
+        add_kidney(liver_only * TISSUE["liver"], SPACING, np.random.default_rng(0), frame) is False
+    )  # no spine
+    ct_image, label_image = _abdomen_ct_image()
+    options = {"scheme": "liver", "spacing": (2.5, 2.5, 2.5)}
+    plain = synthesize_ct_image(ct_image, label_image, np.random.default_rng(4), **options)
+    zero = synthesize_ct_image(
+        ct_image, label_image, np.random.default_rng(4), kidney_fraction=0.0, **options
+    )
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(plain[0]), sitk.GetArrayFromImage(zero[0]))
+
+
+def test_kidney_fraction_reaches_the_sample_through_synthesize_ct_image():
+    """kidney_fraction 1 on an axial liver-only CT with a spine: kidney-bright voxels appear on
+    the patient's right of the spine that the sample without it does not have."""
+    labels, ct = _liver_and_spine_phantom()
+    ct_image = sitk.GetImageFromArray(ct)
+    ct_image.SetSpacing((2.5, 2.5, 2.5))
+    label_image = sitk.GetImageFromArray(labels)
+    label_image.CopyInformation(ct_image)
+    options = {"scheme": "liver", "spacing": (2.5, 2.5, 2.5), "phase": "portal", "deformation": False,
+               "degradation": False}  # fmt: skip
+    with_kidney, liver = synthesize_ct_image(
+        ct_image, label_image, np.random.default_rng(1), kidney_fraction=1.0, **options
+    )
+    without, _ = synthesize_ct_image(ct_image, label_image, np.random.default_rng(1), **options)
+    low, high = HU_RANGES["portal"]["kidney"]
+    changed = sitk.GetArrayFromImage(with_kidney) != sitk.GetArrayFromImage(without)
+    hu = sitk.GetArrayFromImage(with_kidney)
+    bright = changed & (hu >= low) & (hu <= high) & (ct < 200)  # not the spine (400 HU on the CT)
+    assert bright.sum() * 2.5**3 / 1000 > 20
+    assert np.argwhere(bright)[:, 2].max() < 36
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(liver), labels)
+
+
+def test_hu_ranges_override_moves_only_those_tissues_means(phantom):
+    """hu_ranges replaces a tissue's range; the mean is the same draw, scaled into the new range,
+    and every other tissue's mean is unchanged; unknown phases, tissues and bad pairs are refused."""
+    labels, ct = phantom
+    options = {"ct_hu": ct, "phase": "portal", "deformation": False, "degradation": False}
+    plain = synthesize_ct_details(labels, SPACING, np.random.default_rng(5), **options)
+    wider = synthesize_ct_details(
+        labels, SPACING, np.random.default_rng(5), hu_ranges={"portal": {"kidney": [140, 280]}}, **options
+    )
+    fraction = (plain.means_hu["kidney"] - 140.0) / 60.0
+    assert wider.means_hu["kidney"] == pytest.approx(140.0 + 140.0 * fraction)
+    assert {k: v for k, v in wider.means_hu.items() if k != "kidney"} == {
+        k: v for k, v in plain.means_hu.items() if k != "kidney"
+    }
+    np.testing.assert_array_equal(wider.liver_mask, plain.liver_mask)
+    for bad, message in (
+        ({"arterial": {"kidney": [1, 2]}}, "unknown phase 'arterial'"),
+        ({"portal": {"kidneys": [1, 2]}}, "unknown tissue 'kidneys'"),
+        ({"portal": {"kidney": [280, 140]}}, "low <= high"),
+        ({"portal": {"kidney": ["a", 2]}}, "give \\[low, high\\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            synthesize_ct_details(labels, SPACING, np.random.default_rng(5), hu_ranges=bad, **options)

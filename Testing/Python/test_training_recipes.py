@@ -388,6 +388,12 @@ def test_ct_synthesis_from_label_maps_in_a_recipe(tmp_path):
     assert with_chest[-3].image.shape == volumes[2].image.shape
     assert not np.array_equal(with_chest[-3].image, volumes[2].image)
     assert np.array_equal(bright[2].label, volumes[2].label)  # the same deformation: same rng draws
+    # kidney_fraction reaches the synthesis (its draw changes the sample's deformation)
+    kidney = build_training_volumes(
+        recipe.replace(synthesis={**recipe.synthesis, "kidney_fraction": 1.0}), tmp_path, held_out=["ct0"]
+    )
+    assert np.array_equal(kidney[0].image, volumes[0].image)
+    assert not np.array_equal(kidney[2].image, volumes[2].image)
 
 
 def test_ct_synthesis_recipe_errors_name_the_source(tmp_path):
@@ -395,6 +401,17 @@ def test_ct_synthesis_recipe_errors_name_the_source(tmp_path):
     bad_case = [dict(s, from_case="nobody") if s["case"] == "synth_ct0" else s for s in recipe.sources]
     with pytest.raises(PocketSegError, match="unknown from_case 'nobody'"):
         check_recipe(recipe.replace(sources=bad_case))
+    for key, value in (("chest_fraction", "half"), ("kidney_fraction", 1.5), ("kidney_fraction", True)):
+        with pytest.raises(PocketSegError, match=f"synthesis {key} is .*a number from 0 to 1"):
+            check_recipe(recipe.replace(synthesis={**recipe.synthesis, key: value}))
+    check_recipe(recipe.replace(synthesis={**recipe.synthesis, "chest_fraction": 1, "kidney_fraction": 0.5}))
+    with pytest.raises(PocketSegError, match="synthesis hu_ranges: unknown tissue 'kidneys'.*fix the recipe"):
+        check_recipe(
+            recipe.replace(synthesis={**recipe.synthesis, "hu_ranges": {"portal": {"kidneys": [1, 2]}}})
+        )
+    check_recipe(
+        recipe.replace(synthesis={**recipe.synthesis, "hu_ranges": {"portal": {"kidney": [140, 280]}}})
+    )
     bad_scheme = [dict(s, scheme="mri") if s["case"] == "synth_ct0" else s for s in recipe.sources]
     with pytest.raises(PocketSegError, match="unknown label scheme 'mri'"):
         check_recipe(recipe.replace(sources=bad_scheme))

@@ -14,7 +14,8 @@ state gives the same sample, voxel for voxel):
    unlabelled voxels get a class from the real CT's HU (air, fat, soft tissue, bright soft tissue, bone:
    :data:`CT_CLASS_EDGES_HU`) or, without a CT, a generic body (fat with a muscle wall, air out);
    optionally (``chest``, :func:`add_chest`) a chest above the liver: lungs inside the body wall
-   and a heart (blood pool in a ``myocardium`` wall) on the dome, labelled background;
+   and a heart (blood pool in a ``myocardium`` wall) on the dome, labelled background; and
+   (``kidney``, :func:`add_kidney`) a right kidney against the liver's lower tip, background;
 2. a random affine (rotation, scaling, shift) and elastic deformation of the class map (nearest
    neighbour): the liver label and the liver voxels come from the same deformed map, so they
    are aligned exactly;
@@ -34,6 +35,7 @@ liver            45 .. 70        95 .. 140        55-65 unenhanced, 100-130 port
                                                   widened for mild steatosis and calibration
 spleen           40 .. 55        105 .. 140       spleen ~45 unenhanced, ~120 portal [1,2]
 kidney           25 .. 40        140 .. 200       cortex 30-35 unenhanced; nephrographic [2]
+                                                  (a recipe may widen it: ``hu_ranges``)
 blood (vessels)  35 .. 55        130 .. 200       unenhanced blood 40-50; portal vein/IVC [2,3]
 pancreas         35 .. 50        80 .. 120        [2]
 adrenal          15 .. 40        50 .. 90         [2]
@@ -50,6 +52,8 @@ bone             200 .. 500      200 .. 500       vertebra/rib mean at 2-3 mm (c
                                                   cortical 500-1200) [1]
 myocardium       35 .. 55        70 .. 120        heart wall of the synthetic chest (enhancing
                                                   muscle); its blood pool is ``blood``
+renal medulla    25 .. 40        70 .. 130        inner part of a synthetic kidney: darker
+                                                  than the cortex until the contrast reaches it [2]
 fat              -110 .. -60     -110 .. -60      -100 .. -50 [1]
 lung             -900 .. -750    -900 .. -750     aerated lung [1]
 air              -1010 .. -970   -1010 .. -970    outside the body, bowel gas, trachea [1]
@@ -107,6 +111,8 @@ TISSUES = (
     "lesion_hyper",
     # the synthetic chest's heart wall (add_chest)
     "myocardium",
+    # the synthetic kidney's inner part (add_kidney)
+    "renal_medulla",
 )
 TISSUE = {name: index for index, name in enumerate(TISSUES)}
 #: tissues that carry the liver label
@@ -135,6 +141,7 @@ HU_RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "cartilage": (70, 150),
         "bone": (200, 500),
         "myocardium": (35, 55),
+        "renal_medulla": (25, 40),
     },
     "portal": {
         "air": (-1010, -970),
@@ -156,6 +163,7 @@ HU_RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "cartilage": (70, 150),
         "bone": (200, 500),
         "myocardium": (70, 120),
+        "renal_medulla": (70, 130),
     },
 }
 #: lesion contrast to the liver (HU), per phase and kind
@@ -239,6 +247,33 @@ class SyntheticCT:
     phase: str
     means_hu: dict[str, float]  # the mean drawn for each tissue present
     slice_thickness_mm: float
+
+
+def check_hu_ranges(
+    hu_ranges: Mapping[str, Mapping[str, Sequence[float]]] | None,
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """``hu_ranges`` (``{phase: {tissue: (low, high)}}``, overrides of :data:`HU_RANGES`) as
+    float pairs; ValueError naming the entry when a phase or tissue is unknown or a range is
+    not two numbers, low <= high."""
+    checked: dict[str, dict[str, tuple[float, float]]] = {}
+    for phase, tissues in (hu_ranges or {}).items():
+        if phase not in HU_RANGES:
+            raise ValueError(f"hu_ranges: unknown phase {phase!r}; use one of {PHASES}")
+        checked[phase] = {}
+        for tissue, pair in tissues.items():
+            if tissue not in HU_RANGES[phase]:
+                raise ValueError(f"hu_ranges: unknown tissue {tissue!r}; known: {sorted(HU_RANGES[phase])}")
+            values = list(pair) if isinstance(pair, list | tuple) else []
+            if (
+                len(values) != 2
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+                or values[0] > values[1]
+            ):
+                raise ValueError(
+                    f"hu_ranges: {phase} {tissue} is {pair!r}; give [low, high] in HU, low <= high"
+                )
+            checked[phase][tissue] = (float(values[0]), float(values[1]))
+    return checked
 
 
 def _image(array: np.ndarray, spacing_zyx: Sequence[float]) -> sitk.Image:
@@ -507,6 +542,110 @@ def add_chest(
     return True
 
 
+@dataclass(frozen=True)
+class AxialFrame:
+    """Where the patient's directions lie in the array of an axial grid: ``superior_at_end``:
+    superior is increasing z index; ``anterior_yx`` and ``left_yx``: the in-plane unit
+    directions (array y, x) to the patient's front and left."""
+
+    superior_at_end: bool
+    anterior_yx: tuple[float, float]
+    left_yx: tuple[float, float]
+
+
+def axial_frame(direction: Sequence[float]) -> AxialFrame | None:
+    """The :class:`AxialFrame` of a grid with this (LPS, row-major 3x3) direction matrix; None
+    when its slice axis is not the one closest to head-feet (a sagittal or coronal grid)."""
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: index axes in LPS
+    if int(np.argmax(np.abs(matrix[2]))) != 2:
+        return None
+    # LPS: anterior is -y, left is +x; array (y, x) = index axes (1, 0)
+    return AxialFrame(
+        superior_at_end=bool(matrix[2, 2] > 0),
+        anterior_yx=(-float(matrix[1, 1]), -float(matrix[1, 0])),
+        left_yx=(float(matrix[0, 1]), float(matrix[0, 0])),
+    )
+
+
+def add_kidney(
+    tissues: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator, frame: AxialFrame
+) -> bool:
+    """Paint a right kidney against the liver's lower tip (in place), labelled background;
+    False (nothing painted) when the map already has kidney tissue (a multi-organ label map) or
+    no liver.
+
+    Why: in a liver-only label map the real CT's kidney is classed by its HU as soft tissue or
+    bone, so synthesis from such a map never shows what a contrast CT shows under the liver's
+    tip: a smooth organ brighter than the liver (cortex) round a darker inside, touching the
+    liver. A network that never saw one takes it for the liver's tip.
+
+    - an irregular ellipsoid (radii 45-60 mm head-feet, 25-35 mm left-right, 20-30 mm
+      front-back) 45-70 mm to the right of the spine and -10..20 mm in front of it (the spine:
+      the bone near the body's midline in the liver's lowest 30 %), its upper pole 10-50 mm
+      above the liver's lowest slice, so that it lies behind the liver's tip and reaches below
+      it, as the right kidney does; it replaces whatever the real CT had there (its own kidney,
+      classed by HU as soft tissue or bone);
+    - it takes only voxels that are not liver, bone, spinal cord, lung or outside the body; a
+      layer of 0-4 mm next to the liver stays fat (none: the two touch);
+    - ``kidney`` (cortex) round ``renal_medulla`` (with probability 1/2: a corticomedullary
+      phase; else all cortex), a sinus of fat with a small urine-filled pelvis on its medial
+      side.
+
+    False (nothing painted) also when there is no bone near the midline (no spine to place it by).
+    """
+    if (tissues == TISSUE["kidney"]).any():
+        return False
+    view = tissues if frame.superior_at_end else tissues[::-1]  # superior = increasing index (a view)
+    liver_tissues = [TISSUE[t] for t in LIVER_TISSUES]
+    liver = np.isin(view, liver_tissues)
+    slices = np.flatnonzero(liver.any(axis=(1, 2)))
+    if slices.size == 0:
+        return False
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    bottom = slices[0]
+    low_part = view[bottom : bottom + max(3, math.ceil(0.3 * (slices[-1] - bottom + 1)))]
+    anterior = np.asarray(frame.anterior_yx)
+    left = np.asarray(frame.left_yx)
+    body_yx = np.argwhere(low_part != TISSUE["air"])[:, 1:] * spacing[1:]
+    bone_yx = np.argwhere(low_part == TISSUE["bone"])[:, 1:] * spacing[1:]
+    if body_yx.size == 0 or bone_yx.size == 0:
+        return False
+    midline = body_yx.mean(axis=0)
+    spine_yx = bone_yx[np.abs((bone_yx - midline) @ left) < 25.0]
+    if spine_yx.size == 0:
+        return False
+    centre_yx = spine_yx.mean(axis=0) - rng.uniform(45.0, 70.0) * left + rng.uniform(-10.0, 20.0) * anterior
+    radii_si_lr_ap = (rng.uniform(45.0, 60.0), rng.uniform(25.0, 35.0), rng.uniform(20.0, 30.0))
+    upper_pole = bottom * spacing[0] + rng.uniform(10.0, 50.0)
+    centre_z = upper_pole - radii_si_lr_ap[0]
+    z, y, x = (np.arange(n) * s for n, s in zip(view.shape, spacing, strict=True))
+    offset_y = y[:, None] - centre_yx[0]
+    offset_x = x[None, :] - centre_yx[1]
+    along_lr = offset_y * left[0] + offset_x * left[1]  # > 0: medial (towards the patient's left)
+    along_ap = offset_y * anterior[0] + offset_x * anterior[1]
+    in_plane = (along_lr / radii_si_lr_ap[1]) ** 2 + (along_ap / radii_si_lr_ap[2]) ** 2
+    distance = ((z - centre_z) / radii_si_lr_ap[0])[:, None, None] ** 2 + in_plane[None]
+    distance = distance + 0.1 * smooth_noise(rng, view.shape, spacing_zyx, 25.0)
+    gap_mm = rng.uniform(0.0, 4.0)
+    corticomedullary = rng.random() < 0.5
+    sinus_depth = rng.uniform(0.2, 0.5)  # how far (of the radius) the sinus reaches in from the hilum
+    kidney = (distance < 1.0) & ~np.isin(
+        view, [*liver_tissues, TISSUE["bone"], TISSUE["spinal_cord"], TISSUE["lung"], TISSUE["air"]]
+    )
+    if not kidney.any():
+        return False
+    medial = (along_lr / radii_si_lr_ap[1])[None]
+    view[kidney] = TISSUE["kidney"]
+    if corticomedullary:
+        view[kidney & (distance < 0.45)] = TISSUE["renal_medulla"]
+    sinus = kidney & (distance < 0.4) & (medial > 0.7 - sinus_depth)
+    view[sinus] = TISSUE["fat"]
+    view[sinus & (distance < 0.15)] = TISSUE["urine"]
+    if gap_mm > 0:
+        view[kidney & (_distance_mm(liver, spacing_zyx) < gap_mm)] = TISSUE["fat"]
+    return True
+
+
 def _box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """The numpy slices of the non-zero part of ``mask``, or None when it is all zero."""
     extent = nonzero_extent(mask)
@@ -539,6 +678,8 @@ def synthesize_ct_details(
     degradation: bool = True,
     bright_soft_tissue_hu: float | None = None,
     chest: ChestPadding | None = None,
+    kidney: AxialFrame | None = None,
+    hu_ranges: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> SyntheticCT:
     """One synthetic CT from ``label_map`` ``(z, y, x)`` with voxel ``spacing`` (z, y, x) in mm.
 
@@ -559,6 +700,12 @@ def synthesize_ct_details(
         chest: the slices of ``label_map`` added above its top (unlabelled, and air on
             ``ct_hu``) to hold a synthetic chest and heart (:func:`add_chest`, before the
             deformation); None: no chest.
+        kidney: the frame of ``label_map``'s array in which to paint a right kidney against the
+            liver's lower tip (:func:`add_kidney`, before the deformation); None: no kidney.
+        hu_ranges: ``{phase: {tissue: (low, high)}}`` replacing those ranges of
+            :data:`HU_RANGES` (e.g. ``{"portal": {"kidney": (140, 280)}}``: a brighter
+            corticomedullary cortex); each mean is still one draw from the generator, so a
+            sample differs from the one without the override only in those tissues' values.
 
     Returns:
         :class:`SyntheticCT` with the image (float32 HU) and the liver mask (uint8) on
@@ -577,24 +724,29 @@ def synthesize_ct_details(
     if label_map.min() < 0:
         raise ValueError("label_map has negative values; label maps hold 0 (background) and positive labels")
     spacing_zyx = [float(s) for s in spacing]
+    ranges_hu = {**HU_RANGES[phase], **check_hu_ranges(hu_ranges).get(phase, {})}
     tissues = tissue_map(label_map, mapping, ct_hu, spacing_zyx, rng, bright_soft_tissue_hu)
     if chest is not None:
         add_chest(tissues, spacing_zyx, rng, chest)
+    if kidney is not None:
+        add_kidney(tissues, spacing_zyx, rng, kidney)
     if deformation:
         tissues = deform(tissues, spacing_zyx, rng, ranges)
     add_liver_vessels(tissues, spacing_zyx, rng, ranges)
     add_lesions(tissues, spacing_zyx, rng, ranges)
     liver_mask = np.isin(tissues, [TISSUE[t] for t in LIVER_TISSUES]).astype(np.uint8)
 
-    # soft_bright and myocardium last and only when present: recipes without them draw exactly
-    # what they drew before
-    optional = {"soft_bright": "soft", "myocardium": "muscle"}  # -> the tissue it copies when absent
-    means = {
-        name: float(rng.uniform(*HU_RANGES[phase][name])) for name in HU_RANGES[phase] if name not in optional
-    }
+    # soft_bright, myocardium and renal_medulla last and only when present: recipes without them
+    # draw exactly what they drew before
+    optional = {
+        "soft_bright": "soft",
+        "myocardium": "muscle",
+        "renal_medulla": "kidney",
+    }  # -> copied when absent
+    means = {name: float(rng.uniform(*ranges_hu[name])) for name in ranges_hu if name not in optional}
     for name, stand_in in optional.items():
         if (tissues == TISSUE[name]).any():
-            means[name] = float(rng.uniform(*HU_RANGES[phase][name]))
+            means[name] = float(rng.uniform(*ranges_hu[name]))
         else:
             means[name] = means[stand_in]
     liver = means["liver"]
@@ -653,10 +805,10 @@ def _chest_grid(
     the added slices lie; None when the grid's slice axis is not the one closest to
     head-feet (a sagittal or coronal grid) or the liver ends less than
     :data:`CHEST_MIN_MARGIN_MM` below the grid's top."""
-    direction = np.asarray(grid.GetDirection()).reshape(3, 3)  # columns: index axes in LPS
-    if int(np.argmax(np.abs(direction[2]))) != 2:
+    frame = axial_frame(grid.GetDirection())
+    if frame is None:
         return None
-    at_end = bool(direction[2, 2] > 0)
+    at_end = frame.superior_at_end
     liver_values = [value for value, tissue in mapping.items() if tissue == "liver"]
     liver = np.isin(sitk.GetArrayFromImage(label_grid), liver_values)
     slices = np.flatnonzero(liver.any(axis=(1, 2)))
@@ -670,10 +822,9 @@ def _chest_grid(
     none, padding = (0, 0, 0), (0, 0, added)
     # ConstantPad moves the origin when the added slices come first (index 0 is superior)
     grown = sitk.ConstantPad(grid, none, padding) if at_end else sitk.ConstantPad(grid, padding, none)
-    # LPS: anterior is -y, left is +x; array (y, x) = index axes (1, 0)
-    anterior = (-float(direction[1, 1]), -float(direction[1, 0]))
-    left = (float(direction[0, 1]), float(direction[0, 0]))
-    return grown, ChestPadding(slices=added, at_end=at_end, anterior_yx=anterior, left_yx=left)
+    return grown, ChestPadding(
+        slices=added, at_end=at_end, anterior_yx=frame.anterior_yx, left_yx=frame.left_yx
+    )
 
 
 def synthesize_ct_image(
@@ -685,6 +836,7 @@ def synthesize_ct_image(
     spacing: Sequence[float] = (2.5, 2.5, 2.5),
     chest_fraction: float = 0.0,
     chest_height_mm: tuple[float, float] = (40.0, 100.0),
+    kidney_fraction: float = 0.0,
     **options,
 ) -> tuple[sitk.Image, sitk.Image]:
     """:func:`synthesize_ct` on SimpleITK images: (synthetic CT float32, liver mask uint8).
@@ -700,6 +852,10 @@ def synthesize_ct_image(
     end (the outputs then cover more than ``ct``'s field of view). Only where the liver ends at
     least :data:`CHEST_MIN_MARGIN_MM` below the top of an axial grid; 0 draws nothing more from
     ``rng`` than before the option existed.
+
+    ``kidney_fraction``: the probability that the sample gets a synthetic right kidney against
+    the liver's lower tip (:func:`add_kidney`; axial grids of label maps without kidneys only);
+    0 draws nothing more from ``rng``.
     """
     reference = ct if ct is not None else label
     size = [
@@ -723,6 +879,9 @@ def synthesize_ct_image(
             label_grid = sitk.Resample(
                 label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt16
             )
+    kidney = None
+    if kidney_fraction > 0 and rng.random() < kidney_fraction:
+        kidney = axial_frame(grid.GetDirection())
     ct_hu = None
     if ct is not None:
         ct_grid = sitk.Resample(ct, grid, sitk.Transform(), sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
@@ -734,6 +893,7 @@ def synthesize_ct_image(
         scheme=scheme,
         ct_hu=ct_hu,
         chest=chest,
+        kidney=kidney,
         **options,
     )
     image_out = sitk.GetImageFromArray(image)

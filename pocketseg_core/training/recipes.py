@@ -42,7 +42,7 @@ from pocketseg_core import io
 from pocketseg_core.bundles import load_bundle, save_bundle
 from pocketseg_core.errors import Cancelled, PocketSegError
 from pocketseg_core.training.checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint
-from pocketseg_core.training.ct_synthesis import CT_SYNTHESIS_KINDS, LABEL_SCHEMES
+from pocketseg_core.training.ct_synthesis import CT_SYNTHESIS_KINDS, LABEL_SCHEMES, check_hu_ranges
 from pocketseg_core.training.presets import TrainingConfig
 from pocketseg_core.training.report import write_csv
 from pocketseg_core.training.sampling import TrainingVolume, prepare_volume
@@ -57,6 +57,8 @@ LOG_COLUMNS = ("epoch", "train_loss", "lr", "seconds")
 #: (``ct_from_label_maps``: a CT and its label map -> a synthetic CT and its liver mask; the
 #: source's ``scheme`` names what the label values are, default ``totalsegmentator_v2``)
 SYNTHESIS_KINDS = {"synthstrip_heads", *CT_SYNTHESIS_KINDS}
+#: synthesis-block values that are the probability that a synthetic sample gets something
+SYNTHESIS_FRACTIONS = ("chest_fraction", "kidney_fraction")
 
 #: ``on_progress(fraction, message)``: return ``False`` to cancel (the run stays resumable)
 ProgressCallback = Callable[[float, str], "bool | None"]
@@ -136,6 +138,17 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
         raise PocketSegError(
             f"{where}: unknown synthesis kind {config.synthesis.get('kind')!r}; known: {sorted(SYNTHESIS_KINDS)}"
         )
+    for key in SYNTHESIS_FRACTIONS:
+        value = (config.synthesis or {}).get(key, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise PocketSegError(
+                f"{where}: synthesis {key} is {value!r}; it is a probability, a number from 0 to 1"
+            )
+    if config.synthesis and config.synthesis.get("kind") in CT_SYNTHESIS_KINDS:
+        try:
+            check_hu_ranges(config.synthesis.get("hu_ranges"))
+        except (ValueError, AttributeError, TypeError) as error:
+            raise PocketSegError(f"{where}: synthesis {error}; fix the recipe") from None
     for index in range(max(1, len(config.stages))):
         config.stage(index)  # unknown keys in a stage raise here
     if config.init_from and (
@@ -267,7 +280,10 @@ def build_training_volumes(
     (e.g. 90) gives the unlabelled tissue that enhances on the real CT a class of its own
     (:func:`~pocketseg_core.training.ct_synthesis.tissue_map`); ``chest_fraction`` (e.g. 0.7) is
     the share of synthetic CTs that get a chest with a heart above the liver, labelled
-    background (:func:`~pocketseg_core.training.ct_synthesis.add_chest`).
+    background (:func:`~pocketseg_core.training.ct_synthesis.add_chest`); ``kidney_fraction`` the
+    share that get a right kidney against the liver's lower tip where the label map has none
+    (:func:`~pocketseg_core.training.ct_synthesis.add_kidney`); ``hu_ranges`` (``{phase:
+    {tissue: [low, high]}}``) replaces those HU ranges of the synthesis.
     """
     real = []
     for source in config.sources:
@@ -304,6 +320,8 @@ def build_training_volumes(
                     spacing=tuple(config.spacing),
                     bright_soft_tissue_hu=spec.get("bright_soft_tissue_hu"),
                     chest_fraction=float(spec.get("chest_fraction", 0.0)),
+                    kidney_fraction=float(spec.get("kidney_fraction", 0.0)),
+                    hu_ranges=spec.get("hu_ranges"),
                 )
             else:
                 head, label = synthesize_head(

@@ -348,7 +348,9 @@ def test_the_heart_sits_on_the_dome_beside_the_liver_with_a_diaphragm_between():
     added = 24
     labels = np.concatenate([labels, np.zeros((added, *labels.shape[1:]), labels.dtype)])
     ct = np.concatenate([ct, np.full((added, *ct.shape[1:]), -1000.0, ct.dtype)])
-    chest = ChestPadding(slices=added, at_end=True, anterior_yx=(-1.0, 0.0), left_yx=(0.0, 1.0))
+    chest = ChestPadding(
+        slices=added, frame=AxialFrame(superior_at_end=True, anterior_yx=(-1.0, 0.0), left_yx=(0.0, 1.0))
+    )
     liver_top = int(np.flatnonzero(labels.any(axis=(1, 2)))[-1])
     reached_below = 0
     for seed in range(4):

@@ -446,19 +446,40 @@ def add_lesions(
 
 
 @dataclass(frozen=True)
+class AxialFrame:
+    """Where the patient's directions lie in the array of an axial grid: ``superior_at_end``:
+    superior is increasing z index; ``anterior_yx`` and ``left_yx``: the in-plane unit
+    directions (array y, x) to the patient's front and left."""
+
+    superior_at_end: bool
+    anterior_yx: tuple[float, float]
+    left_yx: tuple[float, float]
+
+
+def axial_frame(direction: Sequence[float]) -> AxialFrame | None:
+    """The :class:`AxialFrame` of a grid with this (LPS, row-major 3x3) direction matrix; None
+    when its slice axis is not the one closest to head-feet (a sagittal or coronal grid)."""
+    matrix = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: index axes in LPS
+    if int(np.argmax(np.abs(matrix[2]))) != 2:
+        return None
+    # LPS: anterior is -y, left is +x; array (y, x) = index axes (1, 0)
+    return AxialFrame(
+        superior_at_end=bool(matrix[2, 2] > 0),
+        anterior_yx=(-float(matrix[1, 1]), -float(matrix[1, 0])),
+        left_yx=(float(matrix[0, 1]), float(matrix[0, 0])),
+    )
+
+
+@dataclass(frozen=True)
 class ChestPadding:
     """Slices added above the label map's top for a synthetic chest (:func:`add_chest`).
 
-    ``slices``: how many of the array's axial slices (axis 0) are added; ``at_end``: True when
-    superior is increasing z index (the added slices are the last ones), False when they are the
-    first ones; ``anterior_yx`` and ``left_yx``: the in-plane unit directions (array y, x) that
-    point to the patient's front and left.
+    ``slices``: how many of the array's axial slices (axis 0) are added, at its superior end;
+    ``frame``: where superior, anterior and left lie in the array (:class:`AxialFrame`).
     """
 
     slices: int
-    at_end: bool
-    anterior_yx: tuple[float, float]
-    left_yx: tuple[float, float]
+    frame: AxialFrame
 
 
 #: the liver must end this far (mm) below the label map's top for a chest to go above it: a liver
@@ -487,7 +508,7 @@ def add_chest(
       slices it takes only voxels that are not liver, bone or outside the body, and the voxels
       3-7 mm from the liver are ``muscle``: the diaphragm between them.
     """
-    view = tissues if chest.at_end else tissues[::-1]  # superior = increasing index (a view)
+    view = tissues if chest.frame.superior_at_end else tissues[::-1]  # superior = increasing index (a view)
     added = int(chest.slices)
     top = view.shape[0] - added - 1  # the original top slice
     if added <= 0 or top < 0:
@@ -516,8 +537,8 @@ def add_chest(
     centre_yx = np.argwhere(cavity).mean(axis=0) * spacing[1:]
     centre_yx = (
         centre_yx
-        + rng.uniform(15.0, 40.0) * np.asarray(chest.anterior_yx)
-        + rng.uniform(-15.0, 40.0) * np.asarray(chest.left_yx)
+        + rng.uniform(15.0, 40.0) * np.asarray(chest.frame.anterior_yx)
+        + rng.uniform(-15.0, 40.0) * np.asarray(chest.frame.left_yx)
     )
     radii_lr_ap_si = (rng.uniform(45.0, 65.0), rng.uniform(35.0, 50.0), rng.uniform(40.0, 55.0))
     lower_pole = liver_slices[-1] * spacing[0] - rng.uniform(0.0, 30.0)
@@ -525,8 +546,9 @@ def add_chest(
     z, y, x = (np.arange(n) * s for n, s in zip(view.shape, spacing, strict=True))
     offset_y = y[:, None] - centre[1]
     offset_x = x[None, :] - centre[2]
-    along_ap = offset_y * chest.anterior_yx[0] + offset_x * chest.anterior_yx[1]
-    along_lr = offset_y * chest.left_yx[0] + offset_x * chest.left_yx[1]
+    anterior, left = chest.frame.anterior_yx, chest.frame.left_yx
+    along_ap = offset_y * anterior[0] + offset_x * anterior[1]
+    along_lr = offset_y * left[0] + offset_x * left[1]
     in_plane = (along_lr / radii_lr_ap_si[0]) ** 2 + (along_ap / radii_lr_ap_si[1]) ** 2
     distance = ((z - centre[0]) / radii_lr_ap_si[2])[:, None, None] ** 2 + in_plane[None]
     distance = distance + 0.15 * smooth_noise(rng, view.shape, spacing_zyx, 30.0)
@@ -540,31 +562,6 @@ def add_chest(
         view[heart & (distance >= (1.0 - wall) ** 2)] = TISSUE["myocardium"]
         view[heart & (liver_distance > 0) & (liver_distance < rng.uniform(3.0, 7.0))] = TISSUE["muscle"]
     return True
-
-
-@dataclass(frozen=True)
-class AxialFrame:
-    """Where the patient's directions lie in the array of an axial grid: ``superior_at_end``:
-    superior is increasing z index; ``anterior_yx`` and ``left_yx``: the in-plane unit
-    directions (array y, x) to the patient's front and left."""
-
-    superior_at_end: bool
-    anterior_yx: tuple[float, float]
-    left_yx: tuple[float, float]
-
-
-def axial_frame(direction: Sequence[float]) -> AxialFrame | None:
-    """The :class:`AxialFrame` of a grid with this (LPS, row-major 3x3) direction matrix; None
-    when its slice axis is not the one closest to head-feet (a sagittal or coronal grid)."""
-    matrix = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: index axes in LPS
-    if int(np.argmax(np.abs(matrix[2]))) != 2:
-        return None
-    # LPS: anterior is -y, left is +x; array (y, x) = index axes (1, 0)
-    return AxialFrame(
-        superior_at_end=bool(matrix[2, 2] > 0),
-        anterior_yx=(-float(matrix[1, 1]), -float(matrix[1, 0])),
-        left_yx=(float(matrix[0, 1]), float(matrix[0, 0])),
-    )
 
 
 def add_kidney(
@@ -822,9 +819,7 @@ def _chest_grid(
     none, padding = (0, 0, 0), (0, 0, added)
     # ConstantPad moves the origin when the added slices come first (index 0 is superior)
     grown = sitk.ConstantPad(grid, none, padding) if at_end else sitk.ConstantPad(grid, padding, none)
-    return grown, ChestPadding(
-        slices=added, at_end=at_end, anterior_yx=frame.anterior_yx, left_yx=frame.left_yx
-    )
+    return grown, ChestPadding(slices=added, frame=frame)
 
 
 def synthesize_ct_image(

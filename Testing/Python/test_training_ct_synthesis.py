@@ -505,6 +505,8 @@ def test_hu_ranges_override_moves_only_those_tissues_means(phantom):
         ({"portal": {"kidneys": [1, 2]}}, "unknown tissue 'kidneys'"),
         ({"portal": {"kidney": [280, 140]}}, "low <= high"),
         ({"portal": {"kidney": ["a", 2]}}, "give \\[low, high\\]"),
+        ([140, 280], "hu_ranges is \\[140, 280\\]"),
+        ({"portal": [140, 280]}, "hu_ranges: portal is"),
     ):
         with pytest.raises(ValueError, match=message):
             synthesize_ct_details(labels, SPACING, np.random.default_rng(5), hu_ranges=bad, **options)

@@ -409,6 +409,8 @@ def test_ct_synthesis_recipe_errors_name_the_source(tmp_path):
         check_recipe(
             recipe.replace(synthesis={**recipe.synthesis, "hu_ranges": {"portal": {"kidneys": [1, 2]}}})
         )
+    with pytest.raises(PocketSegError, match="synthesis hu_ranges is 'bright'.*fix the recipe"):
+        check_recipe(recipe.replace(synthesis={**recipe.synthesis, "hu_ranges": "bright"}))
     check_recipe(
         recipe.replace(synthesis={**recipe.synthesis, "hu_ranges": {"portal": {"kidney": [140, 280]}}})
     )

@@ -117,6 +117,7 @@ TISSUES = (
 TISSUE = {name: index for index, name in enumerate(TISSUES)}
 #: tissues that carry the liver label
 LIVER_TISSUES = ("liver", "liver_vessel", "lesion_hypo", "lesion_hyper")
+_LIVER_TISSUE_VALUES = tuple(TISSUE[t] for t in LIVER_TISSUES)
 PHASES = ("plain", "portal")
 
 #: (low, high) of a structure's mean HU per phase (see the module docstring's table)
@@ -253,12 +254,16 @@ def check_hu_ranges(
     hu_ranges: Mapping[str, Mapping[str, Sequence[float]]] | None,
 ) -> dict[str, dict[str, tuple[float, float]]]:
     """``hu_ranges`` (``{phase: {tissue: (low, high)}}``, overrides of :data:`HU_RANGES`) as
-    float pairs; ValueError naming the entry when a phase or tissue is unknown or a range is
-    not two numbers, low <= high."""
+    float pairs; ValueError naming the entry when it is not such a mapping, a phase or tissue is
+    unknown or a range is not two numbers, low <= high."""
     checked: dict[str, dict[str, tuple[float, float]]] = {}
+    if not isinstance(hu_ranges or {}, Mapping):
+        raise ValueError(f"hu_ranges is {hu_ranges!r}; give {{phase: {{tissue: [low, high]}}}}")
     for phase, tissues in (hu_ranges or {}).items():
         if phase not in HU_RANGES:
             raise ValueError(f"hu_ranges: unknown phase {phase!r}; use one of {PHASES}")
+        if not isinstance(tissues, Mapping):
+            raise ValueError(f"hu_ranges: {phase} is {tissues!r}; give {{tissue: [low, high]}}")
         checked[phase] = {}
         for tissue, pair in tissues.items():
             if tissue not in HU_RANGES[phase]:
@@ -487,6 +492,27 @@ class ChestPadding:
 CHEST_MIN_MARGIN_MM = 5.0
 
 
+def _ellipsoid_distance(
+    shape: Sequence[int],
+    spacing_zyx: Sequence[float],
+    centre_zyx_mm: Sequence[float],
+    radii_si_lr_ap_mm: Sequence[float],
+    frame: AxialFrame,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every voxel of a ``(z, y, x)`` grid: its normalised squared distance from an
+    ellipsoid's centre (< 1 inside), the ellipsoid's axes along the patient's head-feet,
+    left-right and front-back (``frame``); and its in-plane left-right offset from the centre
+    (mm, ``(y, x)``, positive towards the patient's left)."""
+    z, y, x = (np.arange(n) * s for n, s in zip(shape, spacing_zyx, strict=True))
+    offset_y = y[:, None] - centre_zyx_mm[1]
+    offset_x = x[None, :] - centre_zyx_mm[2]
+    along_lr = offset_y * frame.left_yx[0] + offset_x * frame.left_yx[1]
+    along_ap = offset_y * frame.anterior_yx[0] + offset_x * frame.anterior_yx[1]
+    in_plane = (along_lr / radii_si_lr_ap_mm[1]) ** 2 + (along_ap / radii_si_lr_ap_mm[2]) ** 2
+    distance = ((z - centre_zyx_mm[0]) / radii_si_lr_ap_mm[0])[:, None, None] ** 2 + in_plane[None]
+    return distance, along_lr
+
+
 def add_chest(
     tissues: np.ndarray, spacing_zyx: Sequence[float], rng: np.random.Generator, chest: ChestPadding
 ) -> bool:
@@ -513,8 +539,7 @@ def add_chest(
     top = view.shape[0] - added - 1  # the original top slice
     if added <= 0 or top < 0:
         return False
-    liver_tissues = [TISSUE[t] for t in LIVER_TISSUES]
-    liver = np.isin(view, liver_tissues)
+    liver = np.isin(view, _LIVER_TISSUE_VALUES)
     liver_slices = np.flatnonzero(liver[: top + 1].any(axis=(1, 2)))
     if liver_slices.size == 0 or (top - liver_slices[-1]) * spacing_zyx[0] < CHEST_MIN_MARGIN_MM:
         return False
@@ -529,7 +554,7 @@ def add_chest(
     kept = np.isin(template, [TISSUE["bone"], TISSUE["spinal_cord"], TISSUE["blood"]])
     chest_slice = template.copy()
     chest_slice[cavity & ~kept] = TISSUE["lung"]
-    chest_slice[np.isin(chest_slice, liver_tissues)] = TISSUE["muscle"]
+    chest_slice[np.isin(chest_slice, _LIVER_TISSUE_VALUES)] = TISSUE["muscle"]
     view[top + 1 :] = chest_slice
 
     # the heart: an ellipsoid in mm about a centre placed from the cavity and the liver's top
@@ -543,19 +568,13 @@ def add_chest(
     radii_lr_ap_si = (rng.uniform(45.0, 65.0), rng.uniform(35.0, 50.0), rng.uniform(40.0, 55.0))
     lower_pole = liver_slices[-1] * spacing[0] - rng.uniform(0.0, 30.0)
     centre = np.array([lower_pole + radii_lr_ap_si[2], *centre_yx])
-    z, y, x = (np.arange(n) * s for n, s in zip(view.shape, spacing, strict=True))
-    offset_y = y[:, None] - centre[1]
-    offset_x = x[None, :] - centre[2]
-    anterior, left = chest.frame.anterior_yx, chest.frame.left_yx
-    along_ap = offset_y * anterior[0] + offset_x * anterior[1]
-    along_lr = offset_y * left[0] + offset_x * left[1]
-    in_plane = (along_lr / radii_lr_ap_si[0]) ** 2 + (along_ap / radii_lr_ap_si[1]) ** 2
-    distance = ((z - centre[0]) / radii_lr_ap_si[2])[:, None, None] ** 2 + in_plane[None]
+    radii_si_lr_ap = (radii_lr_ap_si[2], radii_lr_ap_si[0], radii_lr_ap_si[1])
+    distance, _ = _ellipsoid_distance(view.shape, spacing, centre, radii_si_lr_ap, chest.frame)
     distance = distance + 0.15 * smooth_noise(rng, view.shape, spacing_zyx, 30.0)
     wall = rng.uniform(6.0, 12.0) / min(radii_lr_ap_si)
     heart = distance < 1.0
     heart[top + 1 :] &= (cavity & ~kept)[None]
-    heart[: top + 1] &= ~np.isin(view[: top + 1], [*liver_tissues, TISSUE["bone"], TISSUE["air"]])
+    heart[: top + 1] &= ~np.isin(view[: top + 1], [*_LIVER_TISSUE_VALUES, TISSUE["bone"], TISSUE["air"]])
     if heart.any():
         liver_distance = _distance_mm(liver, spacing_zyx)
         view[heart & (distance < (1.0 - wall) ** 2)] = TISSUE["blood"]
@@ -593,8 +612,7 @@ def add_kidney(
     if (tissues == TISSUE["kidney"]).any():
         return False
     view = tissues if frame.superior_at_end else tissues[::-1]  # superior = increasing index (a view)
-    liver_tissues = [TISSUE[t] for t in LIVER_TISSUES]
-    liver = np.isin(view, liver_tissues)
+    liver = np.isin(view, _LIVER_TISSUE_VALUES)
     slices = np.flatnonzero(liver.any(axis=(1, 2)))
     if slices.size == 0:
         return False
@@ -615,23 +633,19 @@ def add_kidney(
     radii_si_lr_ap = (rng.uniform(45.0, 60.0), rng.uniform(25.0, 35.0), rng.uniform(20.0, 30.0))
     upper_pole = bottom * spacing[0] + rng.uniform(10.0, 50.0)
     centre_z = upper_pole - radii_si_lr_ap[0]
-    z, y, x = (np.arange(n) * s for n, s in zip(view.shape, spacing, strict=True))
-    offset_y = y[:, None] - centre_yx[0]
-    offset_x = x[None, :] - centre_yx[1]
-    along_lr = offset_y * left[0] + offset_x * left[1]  # > 0: medial (towards the patient's left)
-    along_ap = offset_y * anterior[0] + offset_x * anterior[1]
-    in_plane = (along_lr / radii_si_lr_ap[1]) ** 2 + (along_ap / radii_si_lr_ap[2]) ** 2
-    distance = ((z - centre_z) / radii_si_lr_ap[0])[:, None, None] ** 2 + in_plane[None]
+    distance, along_lr = _ellipsoid_distance(
+        view.shape, spacing, (centre_z, *centre_yx), radii_si_lr_ap, frame
+    )
     distance = distance + 0.1 * smooth_noise(rng, view.shape, spacing_zyx, 25.0)
     gap_mm = rng.uniform(0.0, 4.0)
     corticomedullary = rng.random() < 0.5
     sinus_depth = rng.uniform(0.2, 0.5)  # how far (of the radius) the sinus reaches in from the hilum
     kidney = (distance < 1.0) & ~np.isin(
-        view, [*liver_tissues, TISSUE["bone"], TISSUE["spinal_cord"], TISSUE["lung"], TISSUE["air"]]
+        view, [*_LIVER_TISSUE_VALUES, TISSUE["bone"], TISSUE["spinal_cord"], TISSUE["lung"], TISSUE["air"]]
     )
     if not kidney.any():
         return False
-    medial = (along_lr / radii_si_lr_ap[1])[None]
+    medial = (along_lr / radii_si_lr_ap[1])[None]  # > 0: towards the patient's left (the hilum)
     view[kidney] = TISSUE["kidney"]
     if corticomedullary:
         view[kidney & (distance < 0.45)] = TISSUE["renal_medulla"]
@@ -731,7 +745,7 @@ def synthesize_ct_details(
         tissues = deform(tissues, spacing_zyx, rng, ranges)
     add_liver_vessels(tissues, spacing_zyx, rng, ranges)
     add_lesions(tissues, spacing_zyx, rng, ranges)
-    liver_mask = np.isin(tissues, [TISSUE[t] for t in LIVER_TISSUES]).astype(np.uint8)
+    liver_mask = np.isin(tissues, _LIVER_TISSUE_VALUES).astype(np.uint8)
 
     # soft_bright, myocardium and renal_medulla last and only when present: recipes without them
     # draw exactly what they drew before

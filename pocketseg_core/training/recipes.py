@@ -147,7 +147,7 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
     if config.synthesis and config.synthesis.get("kind") in CT_SYNTHESIS_KINDS:
         try:
             check_hu_ranges(config.synthesis.get("hu_ranges"))
-        except (ValueError, AttributeError, TypeError) as error:
+        except ValueError as error:
             raise PocketSegError(f"{where}: synthesis {error}; fix the recipe") from None
     for index in range(max(1, len(config.stages))):
         config.stage(index)  # unknown keys in a stage raise here

@@ -208,3 +208,23 @@ def test_real_heads_recipe_trains_on_the_consensus_labels_and_holds_every_new_he
     if shipped["version"] == "1.3.0":
         assert recipe.init_from["weights_sha256"] == shipped["weights_sha256"]
     assert recipe.init_from["bundle"] == "bundles/pocketnet-skullstrip-1.3.0"
+
+
+def test_csf_recipe_starts_from_the_shipped_weights_and_uses_no_consensus_label():
+    import json
+
+    from benchmarks.accuracy import REPOSITORY
+    from pocketseg_core.bundles import SHIPPED_CATALOG
+    from pocketseg_core.training.recipes import load_recipe
+
+    recipe = load_recipe(REPOSITORY / "benchmarks" / "recipes" / "skullstrip_csf_half.json")
+    # only the heads with their own masks train (the five consensus-scored heads stay unseen)
+    labels = [s["label"] for s in recipe.sources if s.get("use") == "train"]
+    assert labels and not any("consensus" in label for label in labels)
+    assert recipe.runs == {"loo_robex": ["robex"]}
+    stage = recipe.stage(0)
+    assert stage.synthesis["csf_in_mask"] == 0.5 and stage.synthesis["face_and_neck"] == 2
+    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
+    shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
+    if shipped["version"] == "1.4.0":
+        assert recipe.init_from["weights_sha256"] == shipped["weights_sha256"]

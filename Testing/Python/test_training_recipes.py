@@ -214,6 +214,32 @@ def test_training_volumes_hold_out_cases_and_balance_real_and_synthetic(data_roo
     assert all(set(np.unique(v.label)) <= {0, 1} and v.label.any() for v in volumes)  # label 3 -> 1
 
 
+def test_csf_in_mask_reaches_the_synthetic_heads_of_a_stage_and_is_checked(data_root):
+    """A stage's ``csf_in_mask`` grows the synthetic heads' labels; outside [0, 1]
+    the recipe is refused, in a stage as at the top."""
+    recipe = _recipe(synthesis={"kind": "synthstrip_heads", "seed": 0, "per_source": 2})
+    plain = build_training_volumes(recipe.stage(1), data_root, held_out=["c0", "c1", "c2"])
+    grown_recipe = recipe.replace(
+        stages=[{"name": "first"}, {"name": "second", "synthesis": {"csf_in_mask": 1.0}}]
+    )
+    grown = build_training_volumes(grown_recipe.stage(1), data_root, held_out=["c0", "c1", "c2"])
+    assert [v.case_id for v in grown] == [v.case_id for v in plain] == ["synth_brain_0", "synth_brain_1"]
+    # the first head's image is the same (its draw comes last); the heads share one generator,
+    # so the next ones are other heads; every label takes in its CSF layer
+    assert np.array_equal(plain[0].image, grown[0].image)
+    assert (grown[0].label >= plain[0].label).all()
+    for before, after in zip(plain, grown, strict=True):
+        assert after.label.sum() > before.label.sum()
+    for value in (1.5, -0.1, "all", True):
+        bad = recipe.replace(
+            stages=[{"name": "first"}, {"name": "second", "synthesis": {"csf_in_mask": value}}]
+        )
+        with pytest.raises(PocketSegError, match="synthesis csf_in_mask is .*a number from 0 to 1"):
+            check_recipe(bad)
+    with pytest.raises(PocketSegError, match="synthesis brain_contrast is .*a number from 0 to 1"):
+        check_recipe(recipe.replace(synthesis={**recipe.synthesis, "brain_contrast": 2}))
+
+
 def test_warmup_cosine_follows_its_formula():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adam([parameter], lr=2e-3)

@@ -124,3 +124,41 @@ def test_brain_contrast_randomises_the_brain_and_nothing_else(brain):
         # the phantom's brain is a linear ramp: a random curve and field break the straight line
         changed += np.corrcoef(new, old)[0, 1] < 0.98
     assert changed >= 3
+
+
+@pytest.mark.parametrize("face_and_neck", [0, 2])
+def test_csf_in_mask_adds_the_csf_layer_up_to_the_skull_and_nothing_else(brain, face_and_neck):
+    image, mask = brain
+    plain_head, plain_label = synthesize_head(
+        image, mask, np.random.default_rng(11), face_and_neck=face_and_neck
+    )
+    off_head, off_label = synthesize_head(
+        image, mask, np.random.default_rng(11), face_and_neck=face_and_neck, csf_in_mask=0.0
+    )
+    # off draws no random numbers: the same head and label as before the option existed
+    assert np.array_equal(sitk.GetArrayFromImage(plain_head), sitk.GetArrayFromImage(off_head))
+    assert np.array_equal(sitk.GetArrayFromImage(plain_label), sitk.GetArrayFromImage(off_label))
+    head, label = synthesize_head(
+        image, mask, np.random.default_rng(11), face_and_neck=face_and_neck, csf_in_mask=1.0
+    )
+    # the image is the same voxel for voxel (the draw comes after it): only the label grows
+    assert np.array_equal(sitk.GetArrayFromImage(head), sitk.GetArrayFromImage(plain_head))
+    brain_voxels = sitk.GetArrayFromImage(plain_label) > 0
+    grown = sitk.GetArrayFromImage(label) > 0
+    assert (grown | ~brain_voxels).all()  # the brain stays in
+    added = grown & ~brain_voxels
+    # a shell 1-5 mm thick (warped) around a ~56 ml ellipsoid: tens of ml, not the head
+    added_ml = added.sum() * SYNTHETIC_SPACING**3 / 1000
+    assert 3.0 < added_ml < 0.8 * brain_voxels.sum() * SYNTHETIC_SPACING**3 / 1000
+    # what joins is the dark CSF, not skull, fat or skin: darker than the brain, touching it
+    values = sitk.GetArrayFromImage(head)
+    assert np.median(values[added]) < 0.6 * np.median(values[brain_voxels])
+    dilated = sitk.GetArrayFromImage(
+        sitk.BinaryDilate(sitk.GetImageFromArray(brain_voxels.astype(np.uint8)), [4, 4, 4])
+    ).astype(bool)
+    assert (added & ~dilated).sum() < 0.02 * added.sum()  # within ~6 mm of the brain
+    # the grown mask is one piece without enclosed cavities or a spur down the neck
+    components = sitk.ConnectedComponent(sitk.GetImageFromArray(grown.astype(np.uint8)))
+    assert sitk.GetArrayFromImage(components).max() == 1
+    lowest_brain = int(np.nonzero(brain_voxels.any(axis=(1, 2)))[0].min())
+    assert not grown[: max(lowest_brain - 5, 0)].any()

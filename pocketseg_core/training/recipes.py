@@ -58,7 +58,7 @@ LOG_COLUMNS = ("epoch", "train_loss", "lr", "seconds")
 #: source's ``scheme`` names what the label values are, default ``totalsegmentator_v2``)
 SYNTHESIS_KINDS = {"synthstrip_heads", *CT_SYNTHESIS_KINDS}
 #: synthesis-block values that are the probability that a synthetic sample gets something
-SYNTHESIS_FRACTIONS = ("chest_fraction", "kidney_fraction")
+SYNTHESIS_FRACTIONS = ("chest_fraction", "kidney_fraction", "brain_contrast", "csf_in_mask")
 
 #: ``on_progress(fraction, message)``: return ``False`` to cancel (the run stays resumable)
 ProgressCallback = Callable[[float, str], "bool | None"]
@@ -138,12 +138,14 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
         raise PocketSegError(
             f"{where}: unknown synthesis kind {config.synthesis.get('kind')!r}; known: {sorted(SYNTHESIS_KINDS)}"
         )
-    for key in SYNTHESIS_FRACTIONS:
-        value = (config.synthesis or {}).get(key, 0.0)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-            raise PocketSegError(
-                f"{where}: synthesis {key} is {value!r}; it is a probability, a number from 0 to 1"
-            )
+    for index in range(max(1, len(config.stages))):
+        synthesis = (config.stage(index) if config.stages else config).synthesis or {}
+        for key in SYNTHESIS_FRACTIONS:
+            value = synthesis.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise PocketSegError(
+                    f"{where}: synthesis {key} is {value!r}; it is a probability, a number from 0 to 1"
+                )
     if config.synthesis and config.synthesis.get("kind") in CT_SYNTHESIS_KINDS:
         try:
             check_hu_ranges(config.synthesis.get("hu_ranges"))
@@ -284,6 +286,12 @@ def build_training_volumes(
     share that get a right kidney against the liver's lower tip where the label map has none
     (:func:`~pocketseg_core.training.ct_synthesis.add_kidney`); ``hu_ranges`` (``{phase:
     {tissue: [low, high]}}``) replaces those HU ranges of the synthesis.
+
+    Synthesis sources of ``synthstrip_heads`` hold a skull-stripped brain and its mask
+    (:func:`~pocketseg_core.training.synthesis.synthesize_head`): ``face_and_neck`` (1: neck,
+    face and cord; 2: and a tongue), ``brain_contrast`` (the share of heads whose brain contrast
+    is randomised) and ``csf_in_mask`` (the share whose mask takes in the CSF layer up to the
+    skull).
     """
     real = []
     for source in config.sources:
@@ -330,6 +338,7 @@ def build_training_volumes(
                     rng,
                     face_and_neck=int(spec.get("face_and_neck", 0)),
                     brain_contrast=float(spec.get("brain_contrast", 0.0)),
+                    csf_in_mask=float(spec.get("csf_in_mask", 0.0)),
                 )
             synthetic.append(
                 prepare_volume(

@@ -32,6 +32,7 @@ def synthesize_head(
     rng: np.random.Generator,
     face_and_neck: int = 0,
     brain_contrast: float = 0.0,
+    csf_in_mask: float = 0.0,
 ) -> tuple[sitk.Image, sitk.Image]:
     """A skull-stripped brain pasted into a random synthetic head shell (SynthStrip-style).
 
@@ -48,6 +49,12 @@ def synthesize_head(
     linear curve (5 knots, not necessarily increasing: grey and white matter may swap or merge)
     and a smooth multiplicative field inside the brain (a dark or bright centre). 0 (default)
     draws no extra random numbers, so heads made without it are unchanged.
+
+    ``csf_in_mask``: the probability that the CSF layer between the brain and the skull is part
+    of the returned mask (the mask then ends at the inner table of the skull, as SynthStrip's
+    default, HD-BET's and deepbet's masks do; without it the mask hugs the source's brain
+    surface and a head with a wide CSF space, e.g. an atrophic one, loses it). 0 (default) draws
+    no extra random numbers.
     """
     spacing = SYNTHETIC_SPACING
     brain = _resample(brain, spacing, sitk.sitkLinear)
@@ -98,7 +105,9 @@ def synthesize_head(
     head = head * texture
     brain_gain = rng.uniform(0.8, 1.2)
     head[~outside] = brain_norm[~outside] * brain_gain
+    csf_layer = outside & (distance < csf)
     if face_and_neck:
+        shell = head.copy()
         head = add_face_neck_and_cord(
             head,
             mask_array,
@@ -110,8 +119,12 @@ def synthesize_head(
             spacing,
             face_and_neck >= 2,
         )
+        csf_layer &= head == shell  # where the neck, face or cord painted over it, it is not CSF
     head = head + rng.uniform(0.0, 0.04) * rng.standard_normal(head.shape).astype(np.float32)
     head = np.clip(head, 0, None) ** rng.uniform(0.7, 1.4)
+    if csf_in_mask > 0 and rng.random() < csf_in_mask:
+        mask_array = (mask_array > 0) | csf_layer
+        mask_array = mask_array.astype(np.uint8)
     image = sitk.GetImageFromArray(head.astype(np.float32))
     image.SetSpacing((spacing,) * 3)
     label = sitk.GetImageFromArray(mask_array)

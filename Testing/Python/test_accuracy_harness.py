@@ -228,3 +228,23 @@ def test_csf_recipe_starts_from_the_shipped_weights_and_uses_no_consensus_label(
     shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
     if shipped["version"] == "1.4.0":
         assert recipe.init_from["weights_sha256"] == shipped["weights_sha256"]
+
+
+@pytest.mark.parametrize("fold", ["a", "b"])
+def test_real_heads_csf_recipes_are_the_whole_head_folds_plus_the_csf(fold):
+    """The measured variant differs from the whole-head fold recipe only by its stage's name,
+    its description and ``csf_in_mask``: the same heads held out, start weights and seed."""
+    import json
+
+    from benchmarks.accuracy import REPOSITORY
+    from pocketseg_core.training.recipes import load_recipe
+
+    folder = REPOSITORY / "benchmarks" / "recipes"
+    plain = json.loads((folder / f"skullstrip_real_heads_whole_fold_{fold}.json").read_text(encoding="utf-8"))
+    csf = json.loads((folder / f"skullstrip_real_heads_csf_fold_{fold}.json").read_text(encoding="utf-8"))
+    load_recipe(folder / f"skullstrip_real_heads_csf_fold_{fold}.json")  # a valid recipe
+    assert csf["stages"][0].pop("synthesis") == {**plain["stages"][0].pop("synthesis"), "csf_in_mask": 0.5}
+    for recipe in (plain, csf):
+        recipe["stages"][0].pop("name")
+        recipe.pop("description")
+    assert csf == plain

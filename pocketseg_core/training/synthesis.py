@@ -51,9 +51,9 @@ def synthesize_head(
     draws no extra random numbers, so heads made without it are unchanged.
 
     ``csf_in_mask``: the probability that the CSF layer between the brain and the skull is part
-    of the returned mask (the mask then ends at the inner table of the skull, as SynthStrip's
-    default, HD-BET's and deepbet's masks do; without it the mask hugs the source's brain
-    surface and a head with a wide CSF space, e.g. an atrophic one, loses it). 0 (default) draws
+    of the returned mask (the mask then ends at the inner table of the skull, where deepbet's
+    and HD-BET's masks end on real heads; without it the mask hugs the source's brain surface,
+    and a network trained on it leaves out a wide CSF space over the convexity). 0 (default) draws
     no extra random numbers.
     """
     spacing = SYNTHETIC_SPACING

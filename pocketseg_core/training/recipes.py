@@ -138,21 +138,19 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
         raise PocketSegError(
             f"{where}: unknown synthesis kind {config.synthesis.get('kind')!r}; known: {sorted(SYNTHESIS_KINDS)}"
         )
-    for index in range(max(1, len(config.stages))):
-        synthesis = (config.stage(index) if config.stages else config).synthesis or {}
-        for key in SYNTHESIS_FRACTIONS:
-            value = synthesis.get(key, 0.0)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise PocketSegError(
-                    f"{where}: synthesis {key} is {value!r}; it is a probability, a number from 0 to 1"
-                )
     if config.synthesis and config.synthesis.get("kind") in CT_SYNTHESIS_KINDS:
         try:
             check_hu_ranges(config.synthesis.get("hu_ranges"))
         except ValueError as error:
             raise PocketSegError(f"{where}: synthesis {error}; fix the recipe") from None
     for index in range(max(1, len(config.stages))):
-        config.stage(index)  # unknown keys in a stage raise here
+        synthesis = config.stage(index).synthesis or {}  # unknown keys in a stage raise here
+        for key in SYNTHESIS_FRACTIONS:
+            value = synthesis.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                raise PocketSegError(
+                    f"{where}: synthesis {key} is {value!r}; it is a probability, a number from 0 to 1"
+                )
     if config.init_from and (
         set(config.init_from) != {"bundle", "weights_sha256"}
         or len(str(config.init_from["weights_sha256"])) != 64

@@ -93,6 +93,7 @@ def synthesize_head(
         "air": rng.uniform(0.0, 0.04),
     }
     outside = mask_array == 0
+    csf_layer = outside & (distance < csf)
     head = np.full(distance.shape, levels["air"], dtype=np.float32)
     head[outside & (distance < skin)] = levels["skin"]
     head[outside & (distance < fat)] = levels["fat"]
@@ -100,16 +101,15 @@ def synthesize_head(
     if rng.random() < 0.5:  # diploe: bright marrow between the inner and outer tables
         middle = outside & (distance > csf + 0.3 * (skull - csf)) & (distance < skull - 0.3 * (skull - csf))
         head[middle] = levels["marrow"]
-    head[outside & (distance < csf)] = levels["csf"]
+    head[csf_layer] = levels["csf"]
     texture = 1.0 + 0.08 * _smooth_noise(rng, head.shape, 1.5)
     head = head * texture
     brain_gain = rng.uniform(0.8, 1.2)
     head[~outside] = brain_norm[~outside] * brain_gain
-    csf_layer = outside & (distance < csf)
     if face_and_neck:
-        shell = head.copy()
+        shell = head  # add_face_neck_and_cord paints a copy
         head = add_face_neck_and_cord(
-            head,
+            shell,
             mask_array,
             brain_norm * brain_gain,
             distance,
@@ -123,8 +123,7 @@ def synthesize_head(
     head = head + rng.uniform(0.0, 0.04) * rng.standard_normal(head.shape).astype(np.float32)
     head = np.clip(head, 0, None) ** rng.uniform(0.7, 1.4)
     if csf_in_mask > 0 and rng.random() < csf_in_mask:
-        mask_array = (mask_array > 0) | csf_layer
-        mask_array = mask_array.astype(np.uint8)
+        mask_array = (mask_array | csf_layer).astype(np.uint8)
     image = sitk.GetImageFromArray(head.astype(np.float32))
     image.SetSpacing((spacing,) * 3)
     label = sitk.GetImageFromArray(mask_array)

@@ -137,6 +137,9 @@ class BundleConfig:
     description: str = ""
     task: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    #: trainings of the network (different seeds) whose softmax inference averages
+    #: (:class:`~pocketseg_core.networks.ensemble.ProbabilityEnsemble`); 1 = one network
+    members: int = 1
     weights_sha256: str = ""
     #: sha256 of network.onnx; "" = the bundle has no ONNX network
     onnx_sha256: str = ""
@@ -167,6 +170,8 @@ class BundleConfig:
             raise BundleError(f"{where}: weights_sha256 must be 64 lower-case hex digits")
         if not self.network:
             raise BundleError(f"{where}: 'network' must name a network of the registry (e.g. pocket_unet3d)")
+        if isinstance(self.members, bool) or not isinstance(self.members, int) or not 1 <= self.members <= 16:
+            raise BundleError(f"{where}: members must be a whole number from 1 to 16, got {self.members!r}")
         if self.modality not in MODALITIES:
             raise BundleError(f"{where}: modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.window_mode not in WINDOW_MODES:
@@ -255,6 +260,8 @@ class BundleConfig:
             del data["onnx_sha256"]  # bundles without an ONNX network keep the format they had
         if not self.context_slices:
             del data["context_slices"]  # one-slice and 3D bundles keep the format they had
+        if self.members == 1:
+            del data["members"]  # likewise single networks
         return data
 
     @classmethod
@@ -321,6 +328,12 @@ class ModelBundle:
 
         try:
             network = create_network(self.config.network, **self.config.network_args)
+            if self.config.members > 1:
+                from pocketseg_core.networks.ensemble import ProbabilityEnsemble
+
+                more = [create_network(self.config.network, **self.config.network_args)
+                        for _ in range(self.config.members - 1)]  # fmt: skip
+                network = ProbabilityEnsemble([network, *more])
         except Exception as error:  # the registry's own message names the argument
             raise BundleError(
                 f"{self._where()}: cannot build network '{self.config.network}': {error}"
@@ -329,9 +342,10 @@ class ModelBundle:
             network.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as error:
             first = str(error).strip().splitlines()[:3]
+            members = f", {self.config.members} members" if self.config.members > 1 else ""
             raise BundleError(
                 f"{self._where()}: the weights do not fit network '{self.config.network}' with "
-                f"arguments {self.config.network_args} ({' '.join(first)}); the bundle was saved "
+                f"arguments {self.config.network_args}{members} ({' '.join(first)}); the bundle was saved "
                 "from another network configuration: re-export it or fix network_args in bundle.json"
             ) from None
         return network.to(device).eval()

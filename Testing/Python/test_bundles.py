@@ -149,6 +149,16 @@ def test_weights_of_another_network_are_a_bundle_error(bundle_path):
         bundle.build_network()
 
 
+def test_members_need_one_set_of_weights_per_member(bundle_path):
+    data = json.loads((bundle_path / CONFIG_FILE).read_text(encoding="utf-8"))
+    data["members"] = 2  # the weights hold one network
+    (bundle_path / CONFIG_FILE).write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(
+        BundleError, match="do not fit network 'pocket_unet3d' with arguments .*, 2 members .*members.0"
+    ):
+        load_bundle(bundle_path).build_network()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -163,6 +173,8 @@ def test_weights_of_another_network_are_a_bundle_error(bundle_path):
         ({"postprocessing": {"fill_holes": "2d"}}, "fill_holes must be one of"),
         ({"postprocessing": {"cut_below_waist": "yes"}}, "cut_below_waist must be true or false"),
         ({"context_slices": -1}, "context_slices must be an integer >= 0"),
+        ({"members": 0}, "members must be a whole number from 1 to 16"),
+        ({"members": "3"}, "members must be a whole number from 1 to 16"),
         ({"context_slices": 2}, "context_slices is for 2D networks"),  # tiny_config is patch3d
         (
             {"context_slices": 2, "window_mode": "slice2d", "network": "pocket_unet2d"},

@@ -449,3 +449,53 @@ def test_ct_synthesis_recipe_errors_name_the_source(tmp_path):
     negative = [dict(s, per_source=-1) if s["case"] == "synth_ct0" else s for s in recipe.sources]
     with pytest.raises(PocketSegError, match="whole number >= 0"):
         check_recipe(recipe.replace(sources=negative))
+
+
+def test_members_train_the_recipe_with_shifted_seeds_and_average_their_softmax(data_root, tmp_path):
+    """``members: 2``: member 0 is the recipe's own training bit for bit, member 1 the recipe
+    with every seed (training, synthesis, stages) one higher; the bundle's network returns
+    the log of the mean of their softmax, so inference sees their average."""
+    from pocketseg_core.networks.ensemble import ProbabilityEnsemble
+
+    recipe = _recipe()
+    single = load_bundle(train_recipe(recipe, data_root, tmp_path / "one")["all"]).state_dict
+    shifted = recipe.member(1)
+    assert (shifted.seed, shifted.synthesis["seed"], shifted.stages[1]["seed"]) == (5, 1, 8)
+    assert shifted.members == 1 and recipe.member(0).to_dict() == recipe.replace(members=1).to_dict()
+    second = load_bundle(train_recipe(shifted, data_root, tmp_path / "two")["all"]).state_dict
+
+    bundle = load_bundle(train_recipe(recipe.replace(members=2), data_root, tmp_path / "ens")["all"])
+    assert bundle.config.members == 2 and bundle.config.to_dict()["members"] == 2
+    assert (tmp_path / "ens" / "all" / "member_1" / "second" / "state.json").is_file()
+    for index, member in enumerate((single, second)):
+        for key, value in member.items():
+            assert torch.equal(bundle.state_dict[f"members.{index}.{key}"], value), key
+    assert not all(torch.equal(single[k], second[k]) for k in single)  # the members differ
+    assert bundle.config.training["seed"] == 7  # member 0's last stage
+    assert [r["seed"] for r in bundle.config.training["other_members"]] == [8]
+
+    network = bundle.build_network()
+    assert isinstance(network, ProbabilityEnsemble) and network.spatial_divisor == (4, 4, 4)
+    image = torch.randn(1, 1, 16, 16, 16)
+    alone = load_bundle(tmp_path / "one" / "all" / "model").build_network()
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(image), 1) for m in network.members]).mean(0)
+        assert torch.allclose(torch.softmax(network(image), 1), mean, atol=1e-6)
+        assert torch.equal(network.members[0](image), alone(image))
+    # one network: the bundle's JSON has no members key, as bundles had before
+    assert "members" not in load_bundle(tmp_path / "one" / "all" / "model").config.to_dict()
+
+
+@pytest.mark.parametrize("value", [0, 17, 1.5, True, "2"])
+def test_members_outside_one_to_sixteen_are_refused(value):
+    with pytest.raises(PocketSegError, match="members is .*a whole number from 1 to 16"):
+        check_recipe(_recipe(members=value))
+
+
+def test_members_of_a_stage_or_a_cross_validation_are_refused(tmp_path):
+    from pocketseg_core.training.crossval import run_cross_validation
+
+    with pytest.raises(PocketSegError, match="members belongs to the recipe"):
+        check_recipe(_recipe(stages=[{"name": "first", "members": 2}]))
+    with pytest.raises(PocketSegError, match="ensembles of seeds are trained by recipes"):
+        run_cross_validation(TrainingConfig(members=3), tmp_path / "cv")

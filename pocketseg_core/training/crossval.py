@@ -489,6 +489,11 @@ def _run_cross_validation(
     """
     from pocketseg_core.inference import resolve_device
 
+    if config.members != 1:
+        raise PocketSegError(
+            f"members {config.members}: ensembles of seeds are trained by recipes (pocketseg train --recipe); "
+            "cross-validation trains one network per fold"
+        )
     ctx = distributed or context_from_environment(config.distributed_mode)
     run_dir = Path(output_dir)
     progress = _Progress(callbacks)

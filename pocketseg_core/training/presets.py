@@ -56,6 +56,10 @@ class TrainingConfig:
     patch_size_zyx: tuple[int, int, int] = (5, 256, 256)
     #: share of patches centred on a random foreground voxel (the rest: uniform)
     foreground_fraction: float = 0.5
+    #: share of patches whose middle slice lies within ``past_ends_mm`` beyond the foreground's
+    #: first or last axial slice (:func:`~.sampling.sample_batch`; taken from the uniform share)
+    past_ends_fraction: float = 0.0
+    past_ends_mm: float = 30.0
     loss: dict[str, Any] = field(default_factory=lambda: {"name": "dice_l2"})
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "adam", "lr": 1e-3})
     scheduler: dict[str, Any] = field(
@@ -104,6 +108,9 @@ class TrainingConfig:
     #: ``{"bundle": folder relative to --data-root (or absolute), "weights_sha256": the weights'
     #: sha256, checked before training}``; empty: random initial weights
     init_from: dict[str, Any] = field(default_factory=dict)
+    #: recipes: trainings of the whole recipe, member ``k`` with every seed (training, synthesis,
+    #: stages) shifted by ``k``; the bundle averages their softmax (``BundleConfig.members``)
+    members: int = 1
     #: the bundle's mask clean-up (``BundleConfig.postprocessing``)
     postprocessing: dict[str, Any] = field(default_factory=dict)
     #: the bundle's title, description and version (empty: generic text, version 0.0.0)
@@ -148,6 +155,22 @@ class TrainingConfig:
             if key in changes:
                 changes[key] = {**getattr(self, key), **changes[key]}
         return self.replace(stages=[], **changes)
+
+    def member(self, index: int) -> TrainingConfig:
+        """The recipe member ``index`` trains (0-based, ``members`` 1): every seed, the synthesis's
+        and the stages' too, shifted by ``index``; member 0 is the recipe's own training."""
+        shift = int(index)
+
+        def shifted(block: dict[str, Any]) -> dict[str, Any]:
+            block = copy.deepcopy(block)
+            if "seed" in block:
+                block["seed"] = int(block["seed"]) + shift
+            if isinstance(block.get("synthesis"), dict) and "seed" in block["synthesis"]:
+                block["synthesis"]["seed"] = int(block["synthesis"]["seed"]) + shift
+            return block
+
+        changed = shifted({"seed": self.seed, "synthesis": self.synthesis})
+        return self.replace(members=1, stages=[shifted(stage) for stage in self.stages], **changed)
 
     def stage_names(self) -> list[str]:
         return [str(stage.get("name", f"stage_{i + 1}")) for i, stage in enumerate(self.stages)] or [
@@ -195,6 +218,7 @@ class TrainingConfig:
             or "Trained by pocketseg train (k-fold cross-validation); research use only, not a clinical device.",
             task=self.task,
             training=training_info,
+            members=int(self.members),
         )
 
 

@@ -15,6 +15,12 @@ Output folder of :func:`train_recipe` (``output_dir``)::
     <run>/<stage>/state.json   {"status": "done", ...} once the stage has finished
     <run>/model/               the run's final model: a bundle for ``pocketseg predict --model``
 
+A recipe with ``members: N`` (> 1) trains the whole recipe N times per run, member ``k`` with every
+seed shifted by ``k`` (:meth:`~pocketseg_core.training.presets.TrainingConfig.member`), its stages
+in ``<run>/member_<k>/<stage>/``; ``<run>/model/`` holds all N networks and averages their softmax
+(:class:`~pocketseg_core.networks.ensemble.ProbabilityEnsemble`). Member 0 is the recipe's own
+training, bit for bit.
+
 Every stage of a run starts like this (the order is what makes runs repeatable): torch's global
 generator is seeded with ``seed`` of the recipe, the training volumes are prepared (synthetic
 ones drawn from ``synthesis.seed``), the network is created (random weights from that seed, or
@@ -144,13 +150,31 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
         except ValueError as error:
             raise PocketSegError(f"{where}: synthesis {error}; fix the recipe") from None
     for index in range(max(1, len(config.stages))):
-        synthesis = config.stage(index).synthesis or {}  # unknown keys in a stage raise here
+        stage = config.stage(index)  # unknown keys in a stage raise here
         for key in SYNTHESIS_FRACTIONS:
-            value = synthesis.get(key, 0.0)
+            value = (stage.synthesis or {}).get(key, 0.0)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
                 raise PocketSegError(
                     f"{where}: synthesis {key} is {value!r}; it is a probability, a number from 0 to 1"
                 )
+        shares = (stage.foreground_fraction, stage.past_ends_fraction)
+        if not (0.0 <= shares[0] <= 1.0 and 0.0 <= shares[1] <= 1.0 - shares[0]) or stage.past_ends_mm <= 0:
+            raise PocketSegError(
+                f"{where}: foreground_fraction {shares[0]} and past_ends_fraction {shares[1]} are shares of "
+                f"the patches (each 0 to 1, together at most 1) and past_ends_mm ({stage.past_ends_mm}) "
+                "a positive distance; fix the recipe"
+            )
+    if (
+        isinstance(config.members, bool)
+        or not isinstance(config.members, int)
+        or not 1 <= config.members <= 16
+    ):
+        raise PocketSegError(
+            f"{where}: members is {config.members!r}; it is how many trainings of the recipe (seeds shifted "
+            "by 0, 1, ...) the model averages, a whole number from 1 to 16"
+        )
+    if any("members" in stage for stage in config.stages):
+        raise PocketSegError(f"{where}: members belongs to the recipe, not to a stage; move it up")
     if config.init_from and (
         set(config.init_from) != {"bundle", "weights_sha256"}
         or len(str(config.init_from["weights_sha256"])) != 64
@@ -436,7 +460,7 @@ def train_recipe(
     device = torch.device(device)
     stages = [config.stage(index) for index in range(max(1, len(config.stages)))]
     names = config.stage_names()
-    total = len(runs) * sum(stage.epochs * stage.steps_per_epoch for stage in stages)
+    total = len(runs) * config.members * sum(stage.epochs * stage.steps_per_epoch for stage in stages)
     done_before = 0
 
     def progress(done: int, message: str) -> None:
@@ -447,27 +471,41 @@ def train_recipe(
     for run in runs:
         run_dir = output_dir / run
         atomic_write_text(run_dir / "recipe.json", json.dumps(config.to_dict(), indent=2))
-        state: dict[str, torch.Tensor] | None = None
-        record: dict[str, Any] | None = None
-        if config.init_from:  # fine-tuning: the first stage continues the init_from bundle
-            state, record = load_initial_weights(config, data_root)
-        for name, stage in zip(names, stages, strict=True):
-            stage_dir = run_dir / name
-            finished = _read_json(stage_dir / "state.json").get("status") == "done"
-            if finished and stop_after_steps is None:
-                bundle = load_bundle(stage_dir / "bundle")
-                state, record = dict(bundle.state_dict), bundle.config.training
-                logger.info("%s/%s %s already finished; kept", config.name, run, name)
-            else:
-                state, record = train_stage(
-                    config, stage, name, run, data_root, stage_dir, device, state, record, progress,
-                    stop_after_steps,
-                )  # fmt: skip
-                if state is None:  # stopped after stop_after_steps
-                    break
-            done_before += stage.epochs * stage.steps_per_epoch
-        if state is None:
+        trained = []
+        for index in range(config.members):  # an ensemble: member k in <run>/member_<k>/<stage>
+            member = config.member(index) if config.members > 1 else config
+            member_dir = run_dir / f"member_{index}" if config.members > 1 else run_dir
+            state: dict[str, torch.Tensor] | None = None
+            record: dict[str, Any] | None = None
+            if member.init_from:  # fine-tuning: the first stage continues the init_from bundle
+                state, record = load_initial_weights(member, data_root)
+            for name, stage in zip(names, [member.stage(i) for i in range(len(stages))], strict=True):
+                stage_dir = member_dir / name
+                finished = _read_json(stage_dir / "state.json").get("status") == "done"
+                if finished and stop_after_steps is None:
+                    bundle = load_bundle(stage_dir / "bundle")
+                    state, record = dict(bundle.state_dict), bundle.config.training
+                    logger.info("%s/%s %s already finished; kept", config.name, run, name)
+                else:
+                    state, record = train_stage(
+                        member, stage, name, run, data_root, stage_dir, device, state, record, progress,
+                        stop_after_steps,
+                    )  # fmt: skip
+                    if state is None:  # stopped after stop_after_steps
+                        break
+                done_before += stage.epochs * stage.steps_per_epoch
+            if state is None:
+                break
+            trained.append((state, record))
+        if len(trained) < config.members:
             continue
+        if config.members > 1:  # one state dict: members.<k>.<parameter>, as ProbabilityEnsemble names them
+            state = {
+                f"members.{k}.{key}": value
+                for k, (weights, _) in enumerate(trained)
+                for key, value in weights.items()
+            }
+            record = {**trained[0][1], "other_members": [member_record for _, member_record in trained[1:]]}
         models[run] = save_bundle(run_dir / "model", config.bundle_config(config.name, record), state)
         export_onnx_if_whole_grid(config, models[run])
         logger.info("%s/%s: model bundle %s", config.name, run, models[run])
@@ -537,6 +575,8 @@ def train_stage(
         "augmentation": stage.augmentation,
         "continued_from": previous_record,
     }
+    if stage.past_ends_fraction:
+        stage_info["past_ends"] = {"fraction": stage.past_ends_fraction, "mm": stage.past_ends_mm}
 
     def record(trainer: Trainer) -> dict[str, Any]:
         history = [

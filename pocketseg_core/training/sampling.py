@@ -19,12 +19,15 @@ from pocketseg_core.preprocessing import label_to_working_grid, to_working_grid
 @dataclass
 class TrainingVolume:
     """One case on the working grid: ``image`` float32 ``(z, y, x)``, ``label`` uint8 ``(z, y, x)``,
-    and a sample of foreground coordinates ``(N, 3)`` for foreground-centred patches."""
+    a sample of foreground coordinates ``(N, 3)`` for foreground-centred patches, and the first
+    and last slice (z index) holding foreground, for patches just past the structure's ends
+    (None: no foreground)."""
 
     case_id: str
     image: np.ndarray
     label: np.ndarray
     foreground: np.ndarray
+    foreground_slices: tuple[int, int] | None = None
 
 
 def prepare_volume(
@@ -41,10 +44,12 @@ def prepare_volume(
     volume = grid.volume.astype(np.float32)
     label_array = label_to_working_grid(label, grid)
     foreground = np.argwhere(label_array > 0)
+    slices = np.flatnonzero(label_array.any(axis=(1, 2)))
+    foreground_slices = (int(slices[0]), int(slices[-1])) if len(slices) else None
     if len(foreground) > max_foreground_points:
         keep = np.random.default_rng(0).choice(len(foreground), max_foreground_points, replace=False)
         foreground = foreground[np.sort(keep)]
-    return TrainingVolume(case_id, volume, label_array, foreground.astype(np.int64))
+    return TrainingVolume(case_id, volume, label_array, foreground.astype(np.int64), foreground_slices)
 
 
 def round_up_to_divisor(size_zyx: tuple[int, ...], divisor_zyx: tuple[int, ...]) -> tuple[int, ...]:
@@ -80,22 +85,35 @@ def sample_batch(
     patch_zyx: tuple[int, int, int],
     foreground_fraction: float,
     rng: np.random.Generator,
+    past_ends_fraction: float = 0.0,
+    past_ends_slices: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A random batch: ``image (B, 1, *patch)`` float32, ``label (B, *patch)`` long.
 
     Each patch comes from a random case; with probability ``foreground_fraction`` it is centred
     on a random foreground voxel (the paper is silent; sampling foreground keeps a small structure
-    from being swamped by background), else its start is uniform over the volume (patches
-    larger than the volume along an axis are centred with random jitter and padded).
+    from being swamped by background); with probability ``past_ends_fraction`` its middle slice
+    is one of the ``past_ends_slices`` slices just above or below the foreground's last or
+    first slice (in-plane centred on a random foreground voxel: where an organ ends and its
+    neighbours begin, the heart over the liver's dome, the kidney under its tip, which uniform
+    patches reach only now and then); else its start is uniform over the volume (patches
+    larger than the volume along an axis are centred with random jitter and padded). With
+    ``past_ends_fraction`` 0 the draws are exactly those of the sampling without it.
     """
     images, labels = [], []
     patch = np.array(patch_zyx)
     for _ in range(batch_size):
         volume = volumes[int(rng.integers(len(volumes)))]
         shape = np.array(volume.image.shape)
-        if len(volume.foreground) and rng.random() < foreground_fraction:
+        draw = rng.random() if len(volume.foreground) else 1.0
+        if draw < foreground_fraction:
             centre = volume.foreground[int(rng.integers(len(volume.foreground)))]
             start = centre - patch // 2 + rng.integers(-(patch // 4), patch // 4 + 1)
+        elif draw < foreground_fraction + past_ends_fraction and past_ends_slices > 0:
+            centre = volume.foreground[int(rng.integers(len(volume.foreground)))].copy()
+            centre[0] = slice_past_ends(volume, past_ends_slices, rng)
+            start = centre - patch // 2
+            start[1:] += rng.integers(-(patch[1:] // 4), patch[1:] // 4 + 1)
         else:
             span = shape - patch
             start = np.where(
@@ -109,3 +127,20 @@ def sample_batch(
     image_tensor = torch.from_numpy(np.stack(images))[:, None]
     label_tensor = torch.from_numpy(np.stack(labels)).long()
     return image_tensor, label_tensor
+
+
+def slice_past_ends(volume: TrainingVolume, count: int, rng: np.random.Generator) -> int:
+    """A random slice among the ``count`` just below the foreground's first slice or just above
+    its last (each side equally likely, a side the image does not reach is skipped; a
+    structure filling every slice gives its first or last slice)."""
+    if volume.foreground_slices is None:  # a volume made without prepare_volume
+        slices = np.flatnonzero(volume.label.any(axis=(1, 2)))
+        volume.foreground_slices = (int(slices[0]), int(slices[-1]))
+    first, last = volume.foreground_slices
+    offset = int(rng.integers(1, count + 1))
+    below, above = first - offset, last + offset
+    size = volume.image.shape[0]
+    candidates = [z for z in (below, above) if 0 <= z < size]
+    if not candidates:  # the image ends within ``offset`` slices of both ends
+        return int(np.clip(below if rng.random() < 0.5 else above, 0, size - 1))
+    return candidates[int(rng.integers(len(candidates)))]

@@ -99,7 +99,8 @@ class Trainer:
         volumes: training volumes on the working grid (:func:`~.sampling.prepare_volume`).
         patch_zyx: patch size (z, y, x); for 2D networks ``z`` is ``2 c + 1`` (1: one slice), passed
             as (B, 2c+1, H, W).
-        batch_size, foreground_fraction: see :func:`~.sampling.sample_batch`.
+        batch_size, foreground_fraction, past_ends_fraction, past_ends_slices: see
+            :func:`~.sampling.sample_batch`.
         slices_2d: the network takes 2D slices (``window_mode == "slice2d"``); a patch of
             ``2 c + 1`` slices gives it the middle slice and ``c`` neighbours each side as
             channels, and the middle slice's label.
@@ -144,6 +145,9 @@ class Trainer:
             patch_zyx=round_up_to_divisor(tuple(config.patch_size_zyx), divisor),
             batch_size=config.batch_size,
             foreground_fraction=config.foreground_fraction,
+            past_ends_fraction=config.past_ends_fraction,
+            # slices of the working grid (z spacing = spacing[2], mm)
+            past_ends_slices=max(1, round(config.past_ends_mm / config.spacing[2])),
             slices_2d=slices_2d,
             loss=config.loss,
             optimizer=config.optimizer,
@@ -174,6 +178,8 @@ class Trainer:
         seed: int,
         device: torch.device,
         amp: bool = False,
+        past_ends_fraction: float = 0.0,
+        past_ends_slices: int = 0,
         hooks: TrainerHooks | None = None,
         forward: Callable[[torch.Tensor], Any] | None = None,
         name: str = "training",
@@ -185,6 +191,16 @@ class Trainer:
         self.patch_zyx = tuple(int(n) for n in patch_zyx)
         self.batch_size = int(batch_size)
         self.foreground_fraction = float(foreground_fraction)
+        self.past_ends_fraction = float(past_ends_fraction)
+        self.past_ends_slices = int(past_ends_slices)
+        if not (
+            0.0 <= self.foreground_fraction <= 1.0
+            and 0.0 <= self.past_ends_fraction <= 1.0 - self.foreground_fraction
+        ):
+            raise PocketSegError(
+                f"{name}: foreground_fraction {foreground_fraction} and past_ends_fraction "
+                f"{past_ends_fraction} are shares of the patches: each from 0 to 1, together at most 1"
+            )
         self.slices_2d = slices_2d
         self.device = device
         self.hooks = hooks or TrainerHooks()
@@ -217,7 +233,13 @@ class Trainer:
     def train_step(self) -> float:
         """One optimisation step on a fresh augmented batch; returns the loss."""
         images, labels = sample_batch(
-            self.volumes, self.batch_size, self.patch_zyx, self.foreground_fraction, self.rng
+            self.volumes,
+            self.batch_size,
+            self.patch_zyx,
+            self.foreground_fraction,
+            self.rng,
+            past_ends_fraction=self.past_ends_fraction,
+            past_ends_slices=self.past_ends_slices,
         )
         if self.slices_2d:  # (B, 1, 2c+1, H, W) -> (B, 2c+1, H, W): neighbours become channels
             images, labels = images[:, 0], labels[:, self.patch_zyx[0] // 2]

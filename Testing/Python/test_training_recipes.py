@@ -266,6 +266,7 @@ def test_packaged_recipes_describe_the_shipped_bundles(name):
     for key in (
         "name", "network", "network_args", "modality", "spacing", "window_mode", "window_size_zyx",
         "context_slices", "preprocessing", "postprocessing", "orientation", "title", "version", "description", "task",
+        "members",
     ):  # fmt: skip
         assert getattr(made, key) == getattr(shipped, key), key
     assert [label.to_dict() for label in made.labels] == [label.to_dict() for label in shipped.labels]
@@ -335,6 +336,21 @@ def test_a_run_stored_before_the_recipe_keys_existed_still_resumes():
     stored = {key: value for key, value in given.items() if key not in new_keys}
     assert _compare_configs(stored, given) == []
     assert _compare_configs({**stored, "epochs": 3}, given) == ["epochs"]
+
+
+def test_a_recipe_output_stored_before_a_recipe_key_existed_takes_more_runs(data_root, tmp_path):
+    """A run folder written before ``past_ends_fraction`` and ``members`` existed holds a
+    recipe.json without them: their defaults, so another run of the same recipe goes beside it."""
+    recipe = _recipe(stages=[])
+    train_recipe(recipe, data_root, tmp_path, runs=["loo_c0"])
+    stored_file = tmp_path / "loo_c0" / "recipe.json"
+    stored = json.loads(stored_file.read_text(encoding="utf-8"))
+    for key in ("past_ends_fraction", "past_ends_mm", "members"):
+        del stored[key]
+    stored_file.write_text(json.dumps(stored), encoding="utf-8")
+    assert "all" in train_recipe(recipe, data_root, tmp_path, runs=["all"], resume=True)
+    with pytest.raises(PocketSegError, match="trained with another recipe"):
+        train_recipe(recipe.replace(past_ends_fraction=0.2), data_root, tmp_path, runs=["all"], resume=True)
 
 
 def _ct_sources(root) -> list[dict]:

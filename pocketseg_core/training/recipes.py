@@ -632,8 +632,11 @@ def _prepare_output(config: TrainingConfig, output_dir: Path, resume: bool) -> N
             raise PocketSegError(
                 f"output folder {output_dir} is not empty; choose a new folder, or pass --resume to continue it"
             )
+        given = json.loads(json.dumps(config.to_dict()))
+        # a run stored before a recipe key existed had that key's default (e.g. past_ends_fraction)
+        defaults = json.loads(json.dumps(TrainingConfig().to_dict()))
         for stored in output_dir.glob("*/recipe.json"):
-            if _read_json(stored) != json.loads(json.dumps(config.to_dict())):
+            if {**defaults, **_read_json(stored)} != given:
                 raise PocketSegError(
                     f"cannot resume {stored.parent}: it was trained with another recipe; "
                     f"resume with the same recipe, or choose a new --output folder"

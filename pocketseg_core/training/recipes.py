@@ -467,45 +467,50 @@ def train_recipe(
         if on_progress is not None and on_progress(min(1.0, (done_before + done) / total), message) is False:
             raise Cancelled("training cancelled by the user; the output folder is kept and can be resumed")
 
+    def train_member(member: TrainingConfig, member_dir: Path, run: str) -> tuple[dict, dict] | None:
+        """The stages of one training of ``run`` in ``member_dir`` (finished ones kept): its final
+        (weights, training record), or None when stopped after ``stop_after_steps``."""
+        nonlocal done_before
+        state, record = load_initial_weights(member, data_root) if member.init_from else (None, None)
+        for index, name in enumerate(names):
+            stage, stage_dir = member.stage(index), member_dir / name
+            finished = _read_json(stage_dir / "state.json").get("status") == "done"
+            if finished and stop_after_steps is None:
+                bundle = load_bundle(stage_dir / "bundle")
+                state, record = dict(bundle.state_dict), bundle.config.training
+                logger.info("%s/%s %s already finished; kept", config.name, run, name)
+            else:
+                state, record = train_stage(
+                    member, stage, name, run, data_root, stage_dir, device, state, record, progress,
+                    stop_after_steps,
+                )  # fmt: skip
+                if state is None:  # stopped after stop_after_steps
+                    return None
+            done_before += stage.epochs * stage.steps_per_epoch
+        return state, record
+
     models: dict[str, Path] = {}
     for run in runs:
         run_dir = output_dir / run
         atomic_write_text(run_dir / "recipe.json", json.dumps(config.to_dict(), indent=2))
-        trained = []
-        for index in range(config.members):  # an ensemble: member k in <run>/member_<k>/<stage>
-            member = config.member(index) if config.members > 1 else config
-            member_dir = run_dir / f"member_{index}" if config.members > 1 else run_dir
-            state: dict[str, torch.Tensor] | None = None
-            record: dict[str, Any] | None = None
-            if member.init_from:  # fine-tuning: the first stage continues the init_from bundle
-                state, record = load_initial_weights(member, data_root)
-            for name, stage in zip(names, [member.stage(i) for i in range(len(stages))], strict=True):
-                stage_dir = member_dir / name
-                finished = _read_json(stage_dir / "state.json").get("status") == "done"
-                if finished and stop_after_steps is None:
-                    bundle = load_bundle(stage_dir / "bundle")
-                    state, record = dict(bundle.state_dict), bundle.config.training
-                    logger.info("%s/%s %s already finished; kept", config.name, run, name)
-                else:
-                    state, record = train_stage(
-                        member, stage, name, run, data_root, stage_dir, device, state, record, progress,
-                        stop_after_steps,
-                    )  # fmt: skip
-                    if state is None:  # stopped after stop_after_steps
-                        break
-                done_before += stage.epochs * stage.steps_per_epoch
-            if state is None:
-                break
-            trained.append((state, record))
-        if len(trained) < config.members:
+        if config.members == 1:
+            trained = [train_member(config, run_dir, run)]
+        else:  # an ensemble: member k in <run>/member_<k>/<stage>
+            trained = []
+            for index in range(config.members):
+                trained.append(train_member(config.member(index), run_dir / f"member_{index}", run))
+                if trained[-1] is None:
+                    break
+        if trained[-1] is None:
             continue
+        state, record = trained[0]
         if config.members > 1:  # one state dict: members.<k>.<parameter>, as ProbabilityEnsemble names them
             state = {
                 f"members.{k}.{key}": value
                 for k, (weights, _) in enumerate(trained)
                 for key, value in weights.items()
             }
-            record = {**trained[0][1], "other_members": [member_record for _, member_record in trained[1:]]}
+            record = {**record, "other_members": [member_record for _, member_record in trained[1:]]}
         models[run] = save_bundle(run_dir / "model", config.bundle_config(config.name, record), state)
         export_onnx_if_whole_grid(config, models[run])
         logger.info("%s/%s: model bundle %s", config.name, run, models[run])

@@ -320,6 +320,7 @@ class ModelBundle:
     def build_network(self, device: Any = "cpu"):
         """The network of the config with the bundle's weights, on ``device``, in eval mode."""
         from pocketseg_core.networks import create_network
+        from pocketseg_core.networks.ensemble import ProbabilityEnsemble
 
         if self.state_dict is None:
             if self.path is None:
@@ -327,13 +328,9 @@ class ModelBundle:
             self.state_dict = _read_weights(self.path, self.config)
 
         try:
-            network = create_network(self.config.network, **self.config.network_args)
-            if self.config.members > 1:
-                from pocketseg_core.networks.ensemble import ProbabilityEnsemble
-
-                more = [create_network(self.config.network, **self.config.network_args)
-                        for _ in range(self.config.members - 1)]  # fmt: skip
-                network = ProbabilityEnsemble([network, *more])
+            networks = [create_network(self.config.network, **self.config.network_args)
+                        for _ in range(self.config.members)]  # fmt: skip
+            network = networks[0] if len(networks) == 1 else ProbabilityEnsemble(networks)
         except Exception as error:  # the registry's own message names the argument
             raise BundleError(
                 f"{self._where()}: cannot build network '{self.config.network}': {error}"

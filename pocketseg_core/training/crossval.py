@@ -49,7 +49,7 @@ from pocketseg_core.training.distributed import (
     context_from_environment,
     wrap_model,
 )
-from pocketseg_core.training.presets import TrainingConfig
+from pocketseg_core.training.presets import TrainingConfig, with_defaults
 from pocketseg_core.training.report import (
     format_summary,
     summarize,
@@ -122,8 +122,7 @@ class _Progress:
 
 
 def _compare_configs(stored: dict[str, Any], given: dict[str, Any]) -> list[str]:
-    # a run stored before a config key existed had that key's default (e.g. the recipe keys)
-    stored = {**json.loads(json.dumps(TrainingConfig().to_dict())), **stored}
+    stored = with_defaults(stored)
     return sorted(
         k for k in set(stored) | set(given) if k not in RESUME_FREE_KEYS and stored.get(k) != given.get(k)
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -220,6 +221,12 @@ class TrainingConfig:
             training=training_info,
             members=int(self.members),
         )
+
+
+def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A config stored as JSON (a run's, a recipe's) with the keys it lacks at their defaults: a
+    run stored before a key existed was trained with that key's default."""
+    return {**json.loads(json.dumps(TrainingConfig().to_dict())), **stored}
 
 
 # name, colour and SNOMED-CT codes of each task's structure come from the anatomy table

@@ -49,9 +49,9 @@ from pocketseg_core.bundles import load_bundle, save_bundle
 from pocketseg_core.errors import Cancelled, PocketSegError
 from pocketseg_core.training.checkpoints import atomic_torch_save, atomic_write_text, load_checkpoint
 from pocketseg_core.training.ct_synthesis import CT_SYNTHESIS_KINDS, LABEL_SCHEMES, check_hu_ranges
-from pocketseg_core.training.presets import TrainingConfig
+from pocketseg_core.training.presets import TrainingConfig, with_defaults
 from pocketseg_core.training.report import write_csv
-from pocketseg_core.training.sampling import TrainingVolume, prepare_volume
+from pocketseg_core.training.sampling import TrainingVolume, check_patch_shares, prepare_volume
 from pocketseg_core.training.synthesis import synthesize_head
 from pocketseg_core.training.trainer import Trainer, TrainerHooks, machine_description
 
@@ -157,12 +157,10 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
                 raise PocketSegError(
                     f"{where}: synthesis {key} is {value!r}; it is a probability, a number from 0 to 1"
                 )
-        shares = (stage.foreground_fraction, stage.past_ends_fraction)
-        if not (0.0 <= shares[0] <= 1.0 and 0.0 <= shares[1] <= 1.0 - shares[0]) or stage.past_ends_mm <= 0:
+        check_patch_shares(stage.foreground_fraction, stage.past_ends_fraction, where)
+        if not stage.past_ends_mm > 0:
             raise PocketSegError(
-                f"{where}: foreground_fraction {shares[0]} and past_ends_fraction {shares[1]} are shares of "
-                f"the patches (each 0 to 1, together at most 1) and past_ends_mm ({stage.past_ends_mm}) "
-                "a positive distance; fix the recipe"
+                f"{where}: past_ends_mm is {stage.past_ends_mm}; it is a positive distance in mm"
             )
     if (
         isinstance(config.members, bool)
@@ -638,10 +636,8 @@ def _prepare_output(config: TrainingConfig, output_dir: Path, resume: bool) -> N
                 f"output folder {output_dir} is not empty; choose a new folder, or pass --resume to continue it"
             )
         given = json.loads(json.dumps(config.to_dict()))
-        # a run stored before a recipe key existed had that key's default (e.g. past_ends_fraction)
-        defaults = json.loads(json.dumps(TrainingConfig().to_dict()))
         for stored in output_dir.glob("*/recipe.json"):
-            if {**defaults, **_read_json(stored)} != given:
+            if with_defaults(_read_json(stored)) != given:
                 raise PocketSegError(
                     f"cannot resume {stored.parent}: it was trained with another recipe; "
                     f"resume with the same recipe, or choose a new --output folder"

@@ -7,12 +7,13 @@ label follows with :func:`~pocketseg_core.preprocessing.label_to_working_grid`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
+from pocketseg_core.errors import PocketSegError
 from pocketseg_core.preprocessing import label_to_working_grid, to_working_grid
 
 
@@ -27,7 +28,11 @@ class TrainingVolume:
     image: np.ndarray
     label: np.ndarray
     foreground: np.ndarray
-    foreground_slices: tuple[int, int] | None = None
+    foreground_slices: tuple[int, int] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        slices = np.flatnonzero(self.label.any(axis=(1, 2)))
+        self.foreground_slices = (int(slices[0]), int(slices[-1])) if len(slices) else None
 
 
 def prepare_volume(
@@ -44,12 +49,20 @@ def prepare_volume(
     volume = grid.volume.astype(np.float32)
     label_array = label_to_working_grid(label, grid)
     foreground = np.argwhere(label_array > 0)
-    slices = np.flatnonzero(label_array.any(axis=(1, 2)))
-    foreground_slices = (int(slices[0]), int(slices[-1])) if len(slices) else None
     if len(foreground) > max_foreground_points:
         keep = np.random.default_rng(0).choice(len(foreground), max_foreground_points, replace=False)
         foreground = foreground[np.sort(keep)]
-    return TrainingVolume(case_id, volume, label_array, foreground.astype(np.int64), foreground_slices)
+    return TrainingVolume(case_id, volume, label_array, foreground.astype(np.int64))
+
+
+def check_patch_shares(foreground_fraction: float, past_ends_fraction: float, where: str) -> None:
+    """Refuse shares of the patches (:func:`sample_batch`) that are not probabilities summing to
+    at most 1."""
+    if not (0.0 <= foreground_fraction <= 1.0 and 0.0 <= past_ends_fraction <= 1.0 - foreground_fraction):
+        raise PocketSegError(
+            f"{where}: foreground_fraction {foreground_fraction} and past_ends_fraction {past_ends_fraction} "
+            "are shares of the patches: each from 0 to 1, together at most 1"
+        )
 
 
 def round_up_to_divisor(size_zyx: tuple[int, ...], divisor_zyx: tuple[int, ...]) -> tuple[int, ...]:
@@ -133,9 +146,6 @@ def slice_past_ends(volume: TrainingVolume, count: int, rng: np.random.Generator
     """A random slice among the ``count`` just below the foreground's first slice or just above
     its last (each side equally likely, a side the image does not reach is skipped; a
     structure filling every slice gives its first or last slice)."""
-    if volume.foreground_slices is None:  # a volume made without prepare_volume
-        slices = np.flatnonzero(volume.label.any(axis=(1, 2)))
-        volume.foreground_slices = (int(slices[0]), int(slices[-1]))
     first, last = volume.foreground_slices
     offset = int(rng.integers(1, count + 1))
     below, above = first - offset, last + offset

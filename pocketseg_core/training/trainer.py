@@ -33,7 +33,12 @@ from pocketseg_core.inference.network import window_divisor
 from pocketseg_core.training.augment import build_augmentation
 from pocketseg_core.training.losses import create_loss
 from pocketseg_core.training.presets import LearningRateSchedule, create_optimizer
-from pocketseg_core.training.sampling import TrainingVolume, round_up_to_divisor, sample_batch
+from pocketseg_core.training.sampling import (
+    TrainingVolume,
+    check_patch_shares,
+    round_up_to_divisor,
+    sample_batch,
+)
 
 
 class TrainerHooks:
@@ -193,14 +198,7 @@ class Trainer:
         self.foreground_fraction = float(foreground_fraction)
         self.past_ends_fraction = float(past_ends_fraction)
         self.past_ends_slices = int(past_ends_slices)
-        if not (
-            0.0 <= self.foreground_fraction <= 1.0
-            and 0.0 <= self.past_ends_fraction <= 1.0 - self.foreground_fraction
-        ):
-            raise PocketSegError(
-                f"{name}: foreground_fraction {foreground_fraction} and past_ends_fraction "
-                f"{past_ends_fraction} are shares of the patches: each from 0 to 1, together at most 1"
-            )
+        check_patch_shares(self.foreground_fraction, self.past_ends_fraction, name)
         self.slices_2d = slices_2d
         self.device = device
         self.hooks = hooks or TrainerHooks()

@@ -106,11 +106,12 @@ def test_harness_end_to_end_writes_json_and_markdown(tmp_path):
 
 
 def test_harness_runs_the_shipped_2_5d_liver_model_and_its_full_counterpart(tmp_path):
-    """The shipped liver model sees 5 slices as channels (context_slices 2): the harness's lone
-    network pass and FLOP count feed it (and its full-size counterpart) 5-channel slices."""
+    """The shipped liver model sees neighbouring slices as channels (context_slices 4 since 3.3.0:
+    9 channels): the harness's lone network pass and FLOP count feed it (and its full-size
+    counterpart) slices with that many channels."""
     cases, _ = build_cases("liver", peers=False, include_presets=False)
     cases = [c for c in cases if c.network in ("pocket_unet2d", "unet2d")]
-    assert [c.config.get("context_slices") for c in cases] == [2, 2]
+    assert [c.config.get("context_slices") for c in cases] == [4, 4]
     settings = BenchmarkSettings(tasks=["liver"], devices=["cpu"], repeats=1, warmup=0, threads=1, quick=True)
     paths = run_benchmark(settings, tmp_path, log=lambda line: None, cases_by_task={"liver": cases})
     records = {r["role"]: r for r in json.loads(paths["json"].read_text(encoding="utf-8"))["records"]}

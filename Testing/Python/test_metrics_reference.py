@@ -148,7 +148,7 @@ def test_masks_touching_the_image_border_match_the_brute_force() -> None:
 def liver_pair(shared_data: Path) -> tuple[sitk.Image, sitk.Image]:
     """(reference liver of the small abdominal CT, the shipped liver model's mask of that CT with
     the clean-up of liver 1.1.0; docs/metrics.md's comparison with the peers was made on the mask
-    of the 1.x weights, the 3.2.0 weights give another mask)."""
+    of the 1.x weights, the 3.3.0 weights give another mask)."""
     from pocketseg_core.bundles import load_bundle
     from pocketseg_core.inference import InferenceOptions, clean_up, segment_image
 
@@ -174,11 +174,11 @@ def brain_pair(shared_data: Path) -> tuple[sitk.Image, sitk.Image]:
 
 def test_real_liver_pair_equals_the_brute_force(liver_pair) -> None:
     ours = assert_matches_reference(*liver_pair)
-    # 3 mm CT, TotalSegmentator liver vs the shipped model 3.2.0, which trained on this CT
+    # 3 mm CT, TotalSegmentator liver vs the shipped model 3.3.0, which trained on this CT
     # (measured; docs/metrics.md has the 1.x weights' mask: HD95 4.2426, ASSD 1.1885, the same
     # for MedPy and MONAI)
     assert ours["hd95"] == pytest.approx(3.0, abs=1e-3)
-    assert ours["assd"] == pytest.approx(0.7186, abs=1e-3)
+    assert ours["assd"] == pytest.approx(0.7033, abs=1e-3)
 
 
 def test_real_brain_pair_equals_the_brute_force(brain_pair) -> None:

@@ -196,6 +196,51 @@ def test_init_from_refuses_other_weights_a_missing_bundle_and_bad_keys(data_root
         train_recipe(other_network, data_root, tmp_path / "other")
 
 
+def test_a_stage_with_its_own_sources_trains_on_them_and_equals_a_fine_tune_from_the_stage_before(
+    data_root, tmp_path
+):
+    """A stage may name its own sources (more real cases last); its files and held-out names are
+    checked up front like the recipe's, and the run is the same, bit for bit, as training the
+    stages before, then a recipe with those sources starting from that model (``init_from``)."""
+    extra = {"case": "c3", "image": "case0.nii.gz", "label": "case0_labels.nii.gz", "label_value": 3}
+    base = _recipe()
+    more = [*base.sources, {**extra, "use": "train"}]
+    recipe = _recipe(
+        runs={"all": [], "loo_c3": ["c3"]},
+        stages=[base.stages[0], {**base.stages[1], "sources": more}],
+    )
+    check_recipe(recipe)
+    first, second = (build_training_volumes(recipe.stage(i), data_root, held_out=[]) for i in (0, 1))
+    assert "c3" not in {v.case_id for v in first} and "c3" in {v.case_id for v in second}
+    assert "c3" not in {v.case_id for v in build_training_volumes(recipe.stage(1), data_root, ["c3"])}
+
+    # the same as: the first stage alone, then its model fine-tuned on the stage's sources
+    whole = load_bundle(train_recipe(recipe, data_root, tmp_path / "whole", runs=["all"])["all"])
+    stage_one = train_recipe(_recipe(stages=[base.stages[0]]), data_root, tmp_path / "one")["all"]
+    tuned = _recipe(
+        sources=more,
+        stages=[base.stages[1]],
+        init_from={"bundle": str(stage_one), "weights_sha256": load_bundle(stage_one).config.weights_sha256},
+    )
+    fine_tuned = load_bundle(train_recipe(tuned, data_root, tmp_path / "tuned")["all"])
+    assert all(torch.equal(whole.state_dict[k], fine_tuned.state_dict[k]) for k in whole.state_dict)
+
+    # checked before any work: a stage's bad source, an unknown held-out case, a missing file
+    no_label = [*base.sources, {"case": "c3", "image": "case0.nii.gz", "use": "train"}]
+    with pytest.raises(PocketSegError, match="stage 'second': training source 'c3' has no 'label'"):
+        check_recipe(recipe.replace(stages=[base.stages[0], {"name": "second", "sources": no_label}]))
+    with pytest.raises(PocketSegError, match=r"run 'loo_c9' holds out unknown cases \['c9'\]"):
+        check_recipe(recipe.replace(runs={"loo_c9": ["c9"]}))
+    gone = [*base.sources, {**extra, "image": "no_such_case.nii.gz", "use": "train"}]
+    with pytest.raises(PocketSegError, match="not under the data root .*: no_such_case.nii.gz;"):
+        train_recipe(
+            recipe.replace(stages=[base.stages[0], {"name": "second", "sources": gone}]),
+            data_root,
+            tmp_path / "gone",
+        )
+    assert not (tmp_path / "gone").exists()
+
+
 def test_training_volumes_hold_out_cases_and_balance_real_and_synthetic(data_root):
     recipe = _recipe(synthesis={"kind": "synthstrip_heads", "seed": 0, "per_source": 4, "balance": "half"})
     volumes = build_training_volumes(recipe, data_root, held_out=["c1"])

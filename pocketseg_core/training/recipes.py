@@ -98,12 +98,12 @@ def load_recipe(name_or_path: str | Path) -> TrainingConfig:
     return config
 
 
-def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
-    """Refuse a recipe that cannot train, before any work (one sentence naming the problem)."""
-    if not config.sources:
+def check_source_list(sources: list[dict[str, Any]], where: str) -> list[str]:
+    """Check one list of sources (the recipe's, or a stage's own); returns its case ids."""
+    if not sources:
         raise PocketSegError(f"{where} names no sources; add its files under 'sources'")
-    ids = [str(source.get("case", "")) for source in config.sources]
-    for source in config.sources:
+    ids = [str(source.get("case", "")) for source in sources]
+    for source in sources:
         missing = [key for key in ("case", "image") if not source.get(key)]
         if missing or source.get("use", "train") not in ("train", "synthesis"):
             raise PocketSegError(
@@ -113,7 +113,7 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
             raise PocketSegError(f"{where}: training source {source['case']!r} has no 'label'; add it")
     if len(set(ids)) != len(ids):
         raise PocketSegError(f"{where}: case ids must be unique, got {ids}")
-    for source in config.sources:
+    for source in sources:
         if source.get("from_case") and source["from_case"] not in ids:
             raise PocketSegError(
                 f"{where}: source {source['case']!r} names an unknown from_case {source['from_case']!r}; "
@@ -132,10 +132,23 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
                 f"{where}: source {source['case']!r} has an unknown label scheme {source['scheme']!r}; "
                 f"known: {sorted(LABEL_SCHEMES)}"
             )
+    return ids
+
+
+def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
+    """Refuse a recipe that cannot train, before any work (one sentence naming the problem)."""
+    if not config.sources:
+        raise PocketSegError(f"{where} names no sources; add its files under 'sources'")
+    ids = check_source_list(config.sources, where)
+    for stage in config.stages:
+        if "sources" in stage:  # a stage may train on other files (e.g. more real heads last)
+            ids += check_source_list(stage["sources"], f"{where}, stage {stage.get('name', '?')!r}")
     for run, held_out in config.runs.items():
         unknown = sorted(set(held_out) - set(ids))
         if unknown:
-            raise PocketSegError(f"{where}: run {run!r} holds out unknown cases {unknown}; known: {ids}")
+            raise PocketSegError(
+                f"{where}: run {run!r} holds out unknown cases {unknown}; known: {sorted(set(ids))}"
+            )
     if config.shipped_run and config.shipped_run not in config.runs:
         raise PocketSegError(
             f"{where}: shipped_run {config.shipped_run!r} is not one of the runs {list(config.runs)}"
@@ -224,12 +237,15 @@ def load_stripped_brain(data_root: Path, source: dict[str, Any]) -> tuple[sitk.I
 
 def check_sources(config: TrainingConfig, data_root: Path) -> None:
     """Every file the recipe names exists under ``data_root`` (else one clear error listing them)."""
-    missing = [
-        path
-        for source in config.sources
-        for path in (source.get("image"), source.get("label"))
-        if path and not (data_root / path).exists()
-    ]
+    every_source = config.sources + [s for stage in config.stages for s in stage.get("sources", [])]
+    missing = list(
+        dict.fromkeys(  # in recipe order, once each (a stage's sources repeat the recipe's)
+            path
+            for source in every_source
+            for path in (source.get("image"), source.get("label"))
+            if path and not (data_root / path).exists()
+        )
+    )
     if config.init_from and not (data_root / config.init_from["bundle"] / "bundle.json").is_file():
         missing.append(f"{config.init_from['bundle']} (the init_from bundle)")
     if missing:

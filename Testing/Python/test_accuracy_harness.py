@@ -248,3 +248,43 @@ def test_real_heads_csf_recipes_are_the_whole_head_folds_plus_the_csf(fold):
         recipe["stages"][0].pop("name")
         recipe.pop("description")
     assert csf == plain
+
+
+def test_twelve_map_real_heads_recipes_are_the_packaged_recipe_wider_plus_the_csf_stage():
+    """The measured 12-feature-map candidate is the packaged skull-strip recipe with 12 feature
+    maps and, as a seventh stage with its own sources, the real-heads + CSF stage; its fold b
+    recipe is that stage started from the candidate's stage-6 model."""
+    import json
+
+    from benchmarks.accuracy import REPOSITORY
+    from pocketseg_core.training.recipes import load_recipe
+
+    folder = REPOSITORY / "benchmarks" / "recipes"
+
+    def read(path):
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    packaged = read(REPOSITORY / "pocketseg_core" / "training" / "recipes" / "skullstrip.json")
+    wide = read(folder / "skullstrip_12_maps_real_heads_csf.json")
+    csf_b = read(folder / "skullstrip_real_heads_csf_fold_b.json")
+    fold_b = read(folder / "skullstrip_12_maps_real_heads_csf_fold_b.json")
+    load_recipe(folder / "skullstrip_12_maps_real_heads_csf.json")
+    load_recipe(folder / "skullstrip_12_maps_real_heads_csf_fold_b.json")
+
+    last = wide["stages"].pop()
+    assert last.pop("sources") == csf_b["sources"]
+    assert last == csf_b["stages"][0]
+    assert wide.pop("network_args") == {**packaged.pop("network_args"), "init_filters": 12}
+    assert wide.pop("runs") == {"loo_robex": ["robex"], "fold_c": ["robex", "siemens_xa30_2mm", "chris"]}
+    for recipe in (wide, packaged):
+        for key in ("runs", "version", "description"):
+            recipe.pop(key, None)
+    assert wide == packaged
+
+    assert fold_b.pop("network_args") == {**csf_b.pop("network_args"), "init_filters": 12}
+    assert fold_b.pop("init_from")["bundle"] == "bundles/skullstrip-12-maps-loo_robex-stage6"
+    csf_b.pop("init_from")
+    for recipe in (fold_b, csf_b):
+        for key in ("version", "description"):
+            recipe.pop(key)
+    assert fold_b == csf_b

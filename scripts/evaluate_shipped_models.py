@@ -45,7 +45,7 @@ from pocketseg_core.inference import InferenceOptions, segment_image  # noqa: E4
 from pocketseg_core.io import write_bytes_atomic, write_text_atomic  # noqa: E402
 from pocketseg_core.metrics import METRIC_NAMES, compute_metrics, dice  # noqa: E402
 from pocketseg_core.overlay import save_overlay_png  # noqa: E402
-from pocketseg_core.training.recipes import load_labelled_case, load_recipe  # noqa: E402
+from pocketseg_core.training.recipes import every_source, load_labelled_case, load_recipe  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "Resources" / "Models"
@@ -203,7 +203,7 @@ def evaluate_task(
     images_dir.mkdir(parents=True, exist_ok=True)
     recipe = load_recipe(name)
     task = str(recipe.task)
-    sources = {source["case"]: source for source in recipe.sources}
+    sources = {source["case"]: source for source in every_source(recipe)}  # a stage may add cases
     shipped_dir = shipping.MODELS_DIR / name
     summary: dict[str, Any] = {
         "task": task,

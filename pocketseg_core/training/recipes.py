@@ -137,8 +137,6 @@ def check_source_list(sources: list[dict[str, Any]], where: str) -> list[str]:
 
 def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
     """Refuse a recipe that cannot train, before any work (one sentence naming the problem)."""
-    if not config.sources:
-        raise PocketSegError(f"{where} names no sources; add its files under 'sources'")
     ids = check_source_list(config.sources, where)
     for stage in config.stages:
         if "sources" in stage:  # a stage may train on other files (e.g. more real heads last)
@@ -147,7 +145,7 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
         unknown = sorted(set(held_out) - set(ids))
         if unknown:
             raise PocketSegError(
-                f"{where}: run {run!r} holds out unknown cases {unknown}; known: {sorted(set(ids))}"
+                f"{where}: run {run!r} holds out unknown cases {unknown}; known: {list(dict.fromkeys(ids))}"
             )
     if config.shipped_run and config.shipped_run not in config.runs:
         raise PocketSegError(
@@ -235,13 +233,17 @@ def load_stripped_brain(data_root: Path, source: dict[str, Any]) -> tuple[sitk.I
     return image, mask
 
 
+def every_source(config: TrainingConfig) -> list[dict[str, Any]]:
+    """The recipe's sources followed by those its stages name (a stage's list may repeat some)."""
+    return config.sources + [source for stage in config.stages for source in stage.get("sources", [])]
+
+
 def check_sources(config: TrainingConfig, data_root: Path) -> None:
     """Every file the recipe names exists under ``data_root`` (else one clear error listing them)."""
-    every_source = config.sources + [s for stage in config.stages for s in stage.get("sources", [])]
     missing = list(
         dict.fromkeys(  # in recipe order, once each (a stage's sources repeat the recipe's)
             path
-            for source in every_source
+            for source in every_source(config)
             for path in (source.get("image"), source.get("label"))
             if path and not (data_root / path).exists()
         )

@@ -140,6 +140,10 @@ class BundleConfig:
     #: trainings of the network (different seeds) whose softmax inference averages
     #: (:class:`~pocketseg_core.networks.ensemble.ProbabilityEnsemble`); 1 = one network
     members: int = 1
+    #: the network arguments of each member when they differ (an ensemble of a small and a wider
+    #: network, say: ``members`` dicts, member ``k`` built with the ``k``-th); empty: every member
+    #: is built with ``network_args``
+    member_network_args: list[dict[str, Any]] = field(default_factory=list)
     weights_sha256: str = ""
     #: sha256 of network.onnx; "" = the bundle has no ONNX network
     onnx_sha256: str = ""
@@ -172,6 +176,17 @@ class BundleConfig:
             raise BundleError(f"{where}: 'network' must name a network of the registry (e.g. pocket_unet3d)")
         if isinstance(self.members, bool) or not isinstance(self.members, int) or not 1 <= self.members <= 16:
             raise BundleError(f"{where}: members must be a whole number from 1 to 16, got {self.members!r}")
+        if not isinstance(self.member_network_args, list) or (
+            self.member_network_args
+            and (
+                len(self.member_network_args) != self.members
+                or not all(isinstance(args, Mapping) for args in self.member_network_args)
+            )
+        ):
+            raise BundleError(
+                f"{where}: member_network_args must list one dict of network arguments per member "
+                f"({self.members}), or be empty; got {self.member_network_args!r}"
+            )
         if self.modality not in MODALITIES:
             raise BundleError(f"{where}: modality must be one of {MODALITIES}, got {self.modality!r}")
         if self.window_mode not in WINDOW_MODES:
@@ -262,6 +277,8 @@ class BundleConfig:
             del data["context_slices"]  # one-slice and 3D bundles keep the format they had
         if self.members == 1:
             del data["members"]  # likewise single networks
+        if not self.member_network_args:
+            del data["member_network_args"]  # and ensembles of one configuration
         return data
 
     @classmethod
@@ -328,8 +345,7 @@ class ModelBundle:
             self.state_dict = _read_weights(self.path, self.config)
 
         try:
-            networks = [create_network(self.config.network, **self.config.network_args)
-                        for _ in range(self.config.members)]  # fmt: skip
+            networks = [create_network(self.config.network, **args) for args in self.member_arguments()]
             network = networks[0] if len(networks) == 1 else ProbabilityEnsemble(networks)
         except Exception as error:  # the registry's own message names the argument
             raise BundleError(
@@ -340,12 +356,19 @@ class ModelBundle:
         except RuntimeError as error:
             first = str(error).strip().splitlines()[:3]
             members = f", {self.config.members} members" if self.config.members > 1 else ""
+            arguments = self.config.member_network_args or self.config.network_args
             raise BundleError(
                 f"{self._where()}: the weights do not fit network '{self.config.network}' with "
-                f"arguments {self.config.network_args}{members} ({' '.join(first)}); the bundle was saved "
+                f"arguments {arguments}{members} ({' '.join(first)}); the bundle was saved "
                 "from another network configuration: re-export it or fix network_args in bundle.json"
             ) from None
         return network.to(device).eval()
+
+    def member_arguments(self) -> list[dict[str, Any]]:
+        """The network arguments of each member (one dict for a single network)."""
+        if self.config.member_network_args:
+            return [dict(args) for args in self.config.member_network_args]
+        return [dict(self.config.network_args) for _ in range(self.config.members)]
 
     def _where(self) -> str:
         return f"bundle '{self.config.name}'" + (f" at {self.path}" if self.path else "")

@@ -3,6 +3,7 @@
     .venv/bin/python scripts/evaluate_shipped_models.py            # both tasks, CPU
     .venv/bin/python scripts/evaluate_shipped_models.py --task skullstrip --device cuda
     .venv/bin/python scripts/evaluate_shipped_models.py --task lvnet-liver   # a second liver model
+    .venv/bin/python scripts/evaluate_shipped_models.py --task skullstrip-ensemble --data DATA  # DATA: brain/ + consensus/
 
 ``--task`` names a shipped model's recipe (``pocketseg_core/training/recipes/<name>.json``): the
 task aliases ``skullstrip`` and ``liver`` are their default models' recipes.
@@ -227,10 +228,17 @@ def evaluate_task(
         config = recipe.bundle_config(recipe.name, trained.config.training)
         bundle = ModelBundle(config, trained.state_dict, run_dir)
         network = bundle.build_network(device)
+        training = bundle.config.training
+        trained_files = [
+            f for record in [training, *training.get("other_members", [])] for f in record.get("files", [])
+        ]
         for case in held_out:
+            # a case held out by several runs (an ensemble's folds) is scored by the first of them
+            if case in summary["volumes"]:
+                continue
             image, truth = load_labelled_case(data, sources[case])
             source = sources[case]["image"]
-            if source in bundle.config.training.get("files", []):  # never score a training image
+            if source in trained_files:  # never score a training image (of any member of an ensemble)
                 raise RuntimeError(f"{source} was in the training files of {run_dir}; refusing to evaluate")
             options = InferenceOptions(device=device)
             segment_image(image, bundle, options, network=network)  # warm-up, not timed

@@ -1,7 +1,8 @@
 """Train the models shipped inside PocketSeg from their recipes and put them into the package.
 
     .venv/bin/python scripts/train_shipped_models.py --task liver        # its runs, then ships "all"
-    .venv/bin/python scripts/train_shipped_models.py --task skullstrip   # loo_swiss (shipped), loo_robex
+    .venv/bin/python scripts/train_shipped_models.py --task skullstrip   # loo_robex (shipped), loo_swiss
+    .venv/bin/python scripts/train_shipped_models.py --task skullstrip-ensemble  # 1.4.0 + a wider network (data root: brain/ + consensus/)
     .venv/bin/python scripts/train_shipped_models.py --task lvnet-liver  # the second liver model
 
 ``--task`` names a shipped model's recipe (:data:`SHIPPED_RECIPES`); its bundle goes to
@@ -36,7 +37,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from pocketseg_core import io  # noqa: E402
-from pocketseg_core.bundles import SHIPPED_CATALOG, load_bundle, save_bundle, sha256_of  # noqa: E402
+from pocketseg_core.bundles import (  # noqa: E402
+    SHIPPED_CATALOG,
+    add_onnx_model,
+    load_bundle,
+    read_config,
+    read_onnx_model,
+    save_bundle,
+    sha256_of,
+)
 from pocketseg_core.errors import PocketSegError  # noqa: E402
 from pocketseg_core.training.presets import TrainingConfig  # noqa: E402
 from pocketseg_core.training.recipes import load_recipe, train_recipe  # noqa: E402
@@ -45,7 +54,7 @@ DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 RUNS_DIR = REPO_ROOT / "out" / "shipped_models"
 MODELS_DIR = REPO_ROOT / "pocketseg_core" / "models"
 #: torch CPU threads each shipped model was trained with (recorded in its bundle's machine field)
-SHIPPED_THREADS = {"skullstrip": 1, "liver": 1, "lvnet-liver": 1}
+SHIPPED_THREADS = {"skullstrip": 1, "skullstrip-ensemble": 1, "liver": 1, "lvnet-liver": 1}
 #: the recipes of the shipped models (their bundle folders in pocketseg_core/models have these names)
 SHIPPED_RECIPES = tuple(SHIPPED_THREADS)
 #: task alias -> the catalog name of the model the alias (the one-click button) runs
@@ -74,6 +83,9 @@ def update_catalog(recipe: TrainingConfig, bundle_dir: Path) -> None:
             "weights_sha256": sha256_of(bundle_dir / "weights.pt"),
         }
     )
+    onnx_sha256 = read_config(bundle_dir).onnx_sha256
+    if onnx_sha256:  # the catalog's own record of the ONNX network too
+        entries[-1]["onnx_sha256"] = onnx_sha256
     catalog["bundles"] = sorted(
         entries, key=lambda e: (e["task"], e["name"] != TASK_DEFAULTS.get(e["task"]), e["name"])
     )
@@ -84,10 +96,13 @@ def ship(recipe: TrainingConfig, model_dir: Path, folder: str) -> Path:
     """Re-save a run's model bundle into the package (atomically) and register it in the catalog.
 
     The bundle gets the recipe's current settings (name, version, texts, clean-up) with the run's
-    training record: a run trained before a clean-up was chosen ships with it, weights untouched."""
+    training record: a run trained before a clean-up was chosen ships with it, weights untouched,
+    and with the run's ONNX network when it has one (checked by its sha256)."""
     bundle = load_bundle(model_dir)
     config = recipe.bundle_config(recipe.name, bundle.config.training)
     target = save_bundle(MODELS_DIR / folder, config, bundle.state_dict)
+    if bundle.config.onnx_sha256:
+        add_onnx_model(target, read_onnx_model(bundle))
     update_catalog(recipe, target)
     return target
 

@@ -288,3 +288,29 @@ def test_twelve_map_real_heads_recipes_are_the_packaged_recipe_wider_plus_the_cs
         for key in ("version", "description"):
             recipe.pop(key)
     assert fold_b == csf_b
+
+
+def test_skullstrip_ensemble_recipe_averages_the_packaged_recipe_and_the_twelve_map_candidate():
+    """The shipped ensemble's member 0 trains exactly as the packaged skull-strip recipe (the
+    default model, 1.4.0), its member 1 exactly as the measured 12-feature-map real-heads recipe,
+    the same runs held out; so each member's held-out numbers are the ones measured for them."""
+    from benchmarks.accuracy import REPOSITORY
+    from pocketseg_core.training.recipes import load_recipe
+
+    ensemble = load_recipe("skullstrip-ensemble")
+    packaged = load_recipe("skullstrip")
+    wide = load_recipe(REPOSITORY / "benchmarks" / "recipes" / "skullstrip_12_maps_real_heads_csf.json")
+    assert ensemble.members == 2
+    # the default's runs, and two folds that hold out the heads member 1's last stage trains on
+    assert {run: ensemble.runs[run] for run in packaged.runs} == packaged.runs
+    folds = [ensemble.runs["fold_b"], ensemble.runs["fold_c"]]
+    stage_heads = [s["case"] for s in wide.stages[-1]["sources"] if s.get("use", "train") == "train"]
+    assert sorted({case for fold in folds for case in fold} - {"robex"}) == sorted(
+        set(stage_heads) - {"swiss", "robex", "mni152"}
+    )
+    assert ensemble.shipped_run == packaged.shipped_run == "loo_robex"
+    texts = {"name": "x", "version": "0", "description": "", "title": "", "runs": {}, "shipped_run": ""}
+    assert ensemble.member(0).replace(**texts) == packaged.replace(**texts)
+    assert ensemble.member(1).replace(**texts) == wide.replace(**texts)
+    made = ensemble.bundle_config(ensemble.name, {})
+    assert [args["init_filters"] for args in made.member_network_args] == [8, 12]

@@ -67,7 +67,12 @@ def test_bundle_labels_and_presets_read_the_table():
 
 def test_shipped_bundles_label_their_structure_as_the_table_does():
     folders = sorted(path.parent for path in SHIPPED_CATALOG.parent.glob("*/bundle.json"))
-    assert [folder.name for folder in folders] == ["liver", "lvnet-liver", "skullstrip"]
+    assert [folder.name for folder in folders] == [
+        "liver",
+        "lvnet-liver",
+        "skullstrip",
+        "skullstrip-ensemble",
+    ]
     for folder in folders:
         config = read_config(folder)
         structure = structure_for_task(config.task)

@@ -26,7 +26,12 @@ def models_json(tmp_path_factory) -> dict:
 
 def test_json_lists_the_shipped_models_and_the_task_defaults(models_json):
     rows = {row["name"]: row for row in models_json["bundles"]}
-    assert set(rows) == {"pocketnet-liver", "lvnet-liver", "pocketnet-skullstrip"}
+    assert set(rows) == {
+        "pocketnet-liver",
+        "lvnet-liver",
+        "pocketnet-skullstrip",
+        "pocketnet-skullstrip-ensemble",
+    }
     assert rows["lvnet-liver"]["task"] == "liver" and rows["lvnet-liver"]["modality"] == "CT"
     assert len(rows["lvnet-liver"]["weights_sha256"]) == 64 and rows["lvnet-liver"]["source"] == "shipped"
     defaults = {row["task"]: name for name, row in rows.items() if row["default"]}

@@ -183,3 +183,31 @@ def test_export_refuses_what_it_cannot_export(tmp_path):
     shipped = next(entry.path for entry in list_bundles() if entry.source == "shipped")
     assert main(["export-onnx", str(shipped)]) == 1
     assert main(["export-onnx", str(tmp_path / "nothing")]) == 1
+
+
+def test_the_shipped_skull_strip_ensemble_runs_the_same_on_onnx_runtime_and_torch():
+    """The shipped two-network ensemble (8 and 12 feature maps in one ONNX graph): ONNX Runtime
+    gives torch's probabilities, and those are the mean of its two members' softmax."""
+    import torch
+
+    bundle = load_bundle("pocketnet-skullstrip-ensemble")
+    assert [args["init_filters"] for args in bundle.config.member_network_args] == [8, 12]
+    image, _ = make_phantom("MR", size=(60, 64, 56), seed=5)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    options = InferenceOptions(device="cpu", return_probabilities=True)
+    on_torch = segment_image(image, bundle, dataclasses.replace(options, backend="torch"))
+    on_onnx = segment_image(image, bundle, dataclasses.replace(options, backend="onnxruntime"))
+    assert on_onnx.backend == "onnxruntime"
+    torch_probability = sitk.GetArrayFromImage(on_torch.probabilities)
+    assert np.abs(torch_probability - sitk.GetArrayFromImage(on_onnx.probabilities)).max() < 1e-3
+    # member 0 is the default skull strip's network, weight for weight
+    default = load_bundle("pocketnet-skullstrip")
+    default.build_network()
+    for key, value in default.state_dict.items():
+        assert torch.equal(bundle.state_dict[f"members.0.{key}"], value), key
+    # the two members, one by one, average to the ensemble (on the network's own input)
+    network = bundle.build_network()
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(member(x), 1) for member in network.members]).mean(0)
+        assert torch.allclose(torch.softmax(network(x), 1), mean, atol=1e-6)

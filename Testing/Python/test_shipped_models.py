@@ -29,7 +29,12 @@ def no_user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 #: catalog name -> task of every shipped model; the first of a task is its alias's (the button's)
-SHIPPED_MODELS = {"pocketnet-liver": "liver", "lvnet-liver": "liver", "pocketnet-skullstrip": "skullstrip"}
+SHIPPED_MODELS = {
+    "pocketnet-liver": "liver",
+    "lvnet-liver": "liver",
+    "pocketnet-skullstrip": "skullstrip",
+    "pocketnet-skullstrip-ensemble": "skullstrip",
+}
 
 
 def _catalog_entry(name: str) -> dict:

@@ -266,3 +266,35 @@ def test_module_logic_loads_without_torch():
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     )
     assert completed.stdout.strip() == "False"
+
+
+def test_extension_installs_every_package_data_file_of_pocketseg_core():
+    """The Slicer extension installs pocketseg_core's data files by CMake globs of its own; each
+    file that pyproject.toml ships as package data (weights, network.onnx, catalog, recipes) must
+    match one of them, or a model runs from pip but fails in Slicer ("network.onnx is missing")."""
+    import fnmatch
+    import tomllib
+
+    top = (REPO_ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    block = top[top.index("file(GLOB_RECURSE POCKETSEG_CORE_RESOURCES") :]
+    block = block[: block.index(")")]
+    globs = re.findall(r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)", block)
+    assert "pocketseg_core/models/*.onnx" in globs
+
+    def installed(relative: str) -> bool:  # GLOB_RECURSE: dir/*.ext matches at any depth below dir
+        for pattern in globs:
+            folder, _, name = pattern.rpartition("/")
+            if relative.startswith(folder + "/") and fnmatch.fnmatch(relative.rpartition("/")[2], name):
+                return True
+        return False
+
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["pocketseg_core"]
+    files = sorted(
+        str(path.relative_to(REPO_ROOT)).replace("\\", "/")
+        for pattern in patterns
+        for path in (REPO_ROOT / "pocketseg_core").glob(pattern)
+        if path.is_file()
+    )
+    assert any(f.endswith("network.onnx") for f in files) and any("recipes" in f for f in files)
+    assert [f for f in files if not installed(f)] == []

@@ -41,6 +41,17 @@ def data_root(tmp_path_factory):
     return root
 
 
+def _phantom_source(index: int) -> dict:
+    """The labelled phantom ``case<index>`` of the data root as a recipe source (label value 3)."""
+    return {
+        "case": f"c{index}",
+        "image": f"case{index}.nii.gz",
+        "label": f"case{index}_labels.nii.gz",
+        "label_value": 3,
+        "use": "train",
+    }
+
+
 def _recipe(**changes) -> TrainingConfig:
     """A tiny two-stage recipe: 3 labelled phantoms + 1 synthetic head, a new lr and seed in stage 2."""
     recipe = {
@@ -67,16 +78,7 @@ def _recipe(**changes) -> TrainingConfig:
         "amp": False,
         "labels": [],
         "sources": [
-            *(
-                {
-                    "case": f"c{i}",
-                    "image": f"case{i}.nii.gz",
-                    "label": f"case{i}_labels.nii.gz",
-                    "label_value": 3,
-                    "use": "train",
-                }
-                for i in range(3)
-            ),  # fmt: skip
+            *(_phantom_source(i) for i in range(3)),
             {"case": "brain", "image": "stripped.nii.gz", "use": "synthesis"},
         ],
         "synthesis": {
@@ -300,7 +302,7 @@ def test_warmup_cosine_follows_its_formula():
     assert seen[14] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 14 / 300)))
 
 
-@pytest.mark.parametrize("name", ["skullstrip", "liver", "lvnet-liver"])
+@pytest.mark.parametrize("name", ["skullstrip", "skullstrip-ensemble", "liver", "lvnet-liver"])
 def test_packaged_recipes_describe_the_shipped_bundles(name):
     recipe = load_recipe(name)
     catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
@@ -311,24 +313,32 @@ def test_packaged_recipes_describe_the_shipped_bundles(name):
     for key in (
         "name", "network", "network_args", "modality", "spacing", "window_mode", "window_size_zyx",
         "context_slices", "preprocessing", "postprocessing", "orientation", "title", "version", "description", "task",
-        "members",
+        "members", "member_network_args",
     ):  # fmt: skip
         assert getattr(made, key) == getattr(shipped, key), key
     assert [label.to_dict() for label in made.labels] == [label.to_dict() for label in shipped.labels]
-    # the recipe's stages are the ones recorded in the shipped bundle (oldest first)
-    records, record = [], shipped.training
+    # each member's record chain (an ensemble's other members: "other_members") is its recipe's stages
+    member_records = [shipped.training, *shipped.training.get("other_members", [])]
+    assert len(member_records) == recipe.members
+    for index, last_record in enumerate(member_records):
+        _check_stage_records(recipe, recipe.member(index) if recipe.members > 1 else recipe, last_record)
+
+
+def _check_stage_records(recipe: TrainingConfig, member: TrainingConfig, last_record: dict) -> None:
+    """The stages of ``member`` are the ones recorded in its last stage's record chain (oldest first)."""
+    records, record = [], last_record
     while record:
         records.insert(0, record)
         record = record.get("continued_from")
-    own = records[len(records) - max(1, len(recipe.stages)) :]
+    own = records[len(records) - max(1, len(member.stages)) :]
     before = records[: len(records) - len(own)]
-    if recipe.init_from:  # fine-tuned: the records before the recipe's own stages are the init bundle's
-        assert before and before[-1]["init_from"]["weights_sha256"] == recipe.init_from["weights_sha256"]
+    if member.init_from:  # fine-tuned: the records before the recipe's own stages are the init bundle's
+        assert before and before[-1]["init_from"]["weights_sha256"] == member.init_from["weights_sha256"]
     else:
         assert before == []
-    assert len(own) == max(1, len(recipe.stages))
+    assert len(own) == max(1, len(member.stages))
     for index, record in enumerate(own):
-        stage = recipe.stage(index)
+        stage = member.stage(index)
         assert record["seed"] == stage.seed
         assert (record["epochs"], record["steps_per_epoch"]) == (stage.epochs, stage.steps_per_epoch)
         assert record["optimizer"]["lr"] == stage.optimizer["lr"]
@@ -560,3 +570,119 @@ def test_members_of_a_stage_or_a_cross_validation_are_refused(tmp_path):
         check_recipe(_recipe(stages=[{"name": "first", "members": 2}]))
     with pytest.raises(PocketSegError, match="ensembles of seeds are trained by recipes"):
         run_cross_validation(TrainingConfig(members=3), tmp_path / "cv")
+
+
+def _wider_member(data_root) -> dict:
+    """A member recipe: a wider network, and a third stage on two of the three labelled cases."""
+    return {
+        "network_args": {"init_filters": 6, "depth": 2, "pool_size": 2, "num_classes": 2},
+        "stages": [
+            {"name": "first"},
+            {"name": "second", "optimizer": {"lr": 0.002}, "seed": 7, "epochs": 1},
+            {
+                "name": "third",
+                "seed": 9,
+                "epochs": 1,
+                "sources": [_phantom_source(i) for i in (1, 2)],
+            },
+        ],
+    }
+
+
+def test_member_recipes_average_differently_configured_trainings_each_bit_for_bit(data_root, tmp_path):
+    """``member_recipes``: member k is the recipe with its keys applied (another width, another stage
+    list), seeds as given; the bundle holds each member's network arguments and the networks equal
+    those of the members' recipes trained alone."""
+    recipe = _recipe(members=2, member_recipes=[{}, _wider_member(data_root)])
+    check_recipe(recipe)
+    assert recipe.member(0).to_dict() == _recipe().to_dict()
+    wide = recipe.member(1)
+    assert wide.network_args["init_filters"] == 6 and wide.seed == 4 and len(wide.stages) == 3
+    narrow = load_bundle(train_recipe(_recipe(), data_root, tmp_path / "narrow")["all"]).state_dict
+    alone = load_bundle(train_recipe(wide, data_root, tmp_path / "wide")["all"]).state_dict
+
+    bundle = load_bundle(train_recipe(recipe, data_root, tmp_path / "ens")["all"])
+    config = bundle.config
+    assert config.members == 2 and [a["init_filters"] for a in config.member_network_args] == [4, 6]
+    assert config.network_args == config.member_network_args[0]
+    assert (tmp_path / "ens" / "all" / "member_1" / "third" / "state.json").is_file()
+    assert not (tmp_path / "ens" / "all" / "member_0" / "third").exists()
+    for index, member in enumerate((narrow, alone)):
+        for key, value in member.items():
+            assert torch.equal(bundle.state_dict[f"members.{index}.{key}"], value), key
+    other = config.training["other_members"][0]
+    assert (other["stage"], other["seed"], other["files"]) == (
+        "third",
+        9,
+        ["case1.nii.gz", "case1_labels.nii.gz", "case2.nii.gz", "case2_labels.nii.gz"],
+    )
+    network = bundle.build_network()
+    sizes = [sum(p.numel() for p in member.parameters()) for member in network.members]
+    assert sizes[1] > sizes[0]
+    image = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(image), 1) for m in network.members]).mean(0)
+        assert torch.allclose(torch.softmax(network(image), 1), mean, atol=1e-6)
+    # the bundle written and read again keeps each member's arguments
+    assert (
+        load_bundle(tmp_path / "ens" / "all" / "model").config.member_network_args
+        == config.member_network_args
+    )
+
+
+def test_member_recipe_errors_name_the_member_and_the_key(data_root):
+    wider = _wider_member(data_root)
+    with pytest.raises(PocketSegError, match="members is 1 but member_recipes lists 2; set members to 2"):
+        check_recipe(_recipe(member_recipes=[{}, wider]))
+    with pytest.raises(PocketSegError, match="member 1 sets \\['spacing'\\], which every member shares"):
+        check_recipe(_recipe(members=2, member_recipes=[{}, {**wider, "spacing": [2.0, 2.0, 2.0]}]))
+    with pytest.raises(PocketSegError, match="unknown training config keys \\['widht'\\]"):
+        check_recipe(_recipe(members=2, member_recipes=[{}, {"widht": 3}]))
+    unlabelled = json.loads(json.dumps(wider))
+    del unlabelled["stages"][2]["sources"][0]["label"]
+    with pytest.raises(PocketSegError, match="member 1, stage 'third': training source 'c1' has no 'label'"):
+        check_recipe(_recipe(members=2, member_recipes=[{}, unlabelled]))
+    with pytest.raises(PocketSegError, match="an ensemble needs 2 or more"):
+        check_recipe(_recipe(members=1, member_recipes=[{}]))
+    # a run may hold out a case only one member trains on
+    only_wide = json.loads(json.dumps(wider))
+    only_wide["stages"][2]["sources"][0]["case"] = "extra"
+    check_recipe(_recipe(members=2, member_recipes=[{}, only_wide], runs={"all": [], "no_extra": ["extra"]}))
+    with pytest.raises(PocketSegError, match="holds out unknown cases \\['nope'\\]"):
+        check_recipe(_recipe(members=2, member_recipes=[{}, wider], runs={"all": ["nope"]}))
+
+
+def test_resume_continues_after_the_last_finished_stage_without_the_folders_before_it(data_root, tmp_path):
+    """The last finished stage's bundle is all later stages need: with the earlier stage folders
+    deleted (to save space) a resumed run trains only what is left and ends bit for bit the same."""
+    recipe = _recipe()
+    full = load_bundle(train_recipe(recipe, data_root, tmp_path / "full")["all"]).state_dict
+    # only the first stage kept: the second is trained again from it
+    shutil.copytree(
+        tmp_path / "full" / "all" / "first",
+        tmp_path / "part" / "all" / "first",
+        ignore=shutil.ignore_patterns("last.pt"),
+    )
+    calls = _CancelAtStep(None)
+    again = load_bundle(
+        train_recipe(recipe, data_root, tmp_path / "part", resume=True, on_progress=calls)["all"]
+    )
+    assert all(torch.equal(full[k], again.state_dict[k]) for k in full)
+    assert calls.calls == recipe.stage(1).epochs * recipe.stage(1).steps_per_epoch  # stage 2's steps only
+    # only the last stage kept: nothing is trained, the model is that stage's
+    shutil.copytree(tmp_path / "full" / "all" / "second", tmp_path / "last" / "all" / "second")
+    calls = _CancelAtStep(None)
+    kept = load_bundle(
+        train_recipe(recipe, data_root, tmp_path / "last", resume=True, on_progress=calls)["all"]
+    )
+    assert calls.calls == 0 and all(torch.equal(full[k], kept.state_dict[k]) for k in full)
+    assert kept.config.training["continued_from"]["stage"] == "first"
+
+
+def test_resume_refuses_a_kept_stage_that_trained_on_a_case_the_run_holds_out(data_root, tmp_path):
+    """A stage folder from a run that saw c0 cannot be the start of a run that holds c0 out."""
+    recipe = _recipe()
+    train_recipe(recipe, data_root, tmp_path / "full", runs=["all"])
+    shutil.copytree(tmp_path / "full" / "all" / "first", tmp_path / "mixed" / "loo_c0" / "first")
+    with pytest.raises(PocketSegError, match="was trained on case0.nii.gz, .*which run 'loo_c0' holds out"):
+        train_recipe(recipe, data_root, tmp_path / "mixed", runs=["loo_c0"], resume=True)

@@ -112,6 +112,11 @@ class TrainingConfig:
     #: recipes: trainings of the whole recipe, member ``k`` with every seed (training, synthesis,
     #: stages) shifted by ``k``; the bundle averages their softmax (``BundleConfig.members``)
     members: int = 1
+    #: recipes: an ensemble of differently configured trainings instead (e.g. a small network and a
+    #: wider one trained on more): member ``k`` is the recipe with ``member_recipes[k]``'s keys
+    #: applied (``network_args``, ``stages``, ``sources``...; ``{}``: the recipe itself), with its
+    #: seeds as given (not shifted); ``members`` is their number
+    member_recipes: list[dict[str, Any]] = field(default_factory=list)
     #: the bundle's mask clean-up (``BundleConfig.postprocessing``)
     postprocessing: dict[str, Any] = field(default_factory=dict)
     #: the bundle's title, description and version (empty: generic text, version 0.0.0)
@@ -159,7 +164,10 @@ class TrainingConfig:
 
     def member(self, index: int) -> TrainingConfig:
         """The recipe member ``index`` trains (0-based, ``members`` 1): every seed, the synthesis's
-        and the stages' too, shifted by ``index``; member 0 is the recipe's own training."""
+        and the stages' too, shifted by ``index``; member 0 is the recipe's own training. With
+        ``member_recipes``: the recipe with that member's keys applied, seeds unshifted."""
+        if self.member_recipes:
+            return self.replace(members=1, member_recipes=[], **copy.deepcopy(self.member_recipes[index]))
         shift = int(index)
 
         def shifted(block: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +217,9 @@ class TrainingConfig:
             window_mode=self.window_mode,
             window_size_zyx=tuple(self.window_size_zyx),
             context_slices=int(self.context_slices),
-            network_args=self.network_arguments(),
+            network_args=self.member(0).network_arguments()
+            if self.member_recipes
+            else self.network_arguments(),
             preprocessing=dict(self.preprocessing),
             orientation=self.orientation,
             postprocessing=copy.deepcopy(self.postprocessing),
@@ -220,6 +230,7 @@ class TrainingConfig:
             task=self.task,
             training=training_info,
             members=int(self.members),
+            member_network_args=[self.member(k).network_arguments() for k in range(len(self.member_recipes))],
         )
 
 

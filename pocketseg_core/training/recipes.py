@@ -19,7 +19,9 @@ A recipe with ``members: N`` (> 1) trains the whole recipe N times per run, memb
 seed shifted by ``k`` (:meth:`~pocketseg_core.training.presets.TrainingConfig.member`), its stages
 in ``<run>/member_<k>/<stage>/``; ``<run>/model/`` holds all N networks and averages their softmax
 (:class:`~pocketseg_core.networks.ensemble.ProbabilityEnsemble`). Member 0 is the recipe's own
-training, bit for bit.
+training, bit for bit. With ``member_recipes`` the members are instead the recipe with each
+entry's keys applied (another width, more stages...), seeds unshifted; the bundle records each
+member's network arguments. A resumed run continues after each member's last finished stage.
 
 Every stage of a run starts like this (the order is what makes runs repeatable): torch's global
 generator is seeded with ``seed`` of the recipe, the training volumes are prepared (synthetic
@@ -135,9 +137,20 @@ def check_source_list(sources: list[dict[str, Any]], where: str) -> list[str]:
     return ids
 
 
+#: what every member of an ensemble recipe shares (what the bundle and its inference are)
+SHARED_BY_MEMBERS = (
+    "name", "dataset", "label_map", "network", "modality", "preprocessing", "spacing", "orientation",
+    "window_mode", "window_size_zyx", "context_slices", "labels", "task", "runs", "shipped_run",
+    "members", "member_recipes", "postprocessing", "title", "description", "version",
+)  # fmt: skip
+
+
 def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
     """Refuse a recipe that cannot train, before any work (one sentence naming the problem)."""
-    ids = check_source_list(config.sources, where)
+    if config.member_recipes:
+        ids = _check_member_recipes(config, where)
+    else:
+        ids = check_source_list(config.sources, where)
     for stage in config.stages:
         if "sources" in stage:  # a stage may train on other files (e.g. more real heads last)
             ids += check_source_list(stage["sources"], f"{where}, stage {stage.get('name', '?')!r}")
@@ -196,6 +209,37 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
         raise PocketSegError(f"{where}: init_from belongs to the recipe, not to a stage; move it up")
 
 
+def _check_member_recipes(config: TrainingConfig, where: str) -> list[str]:
+    """Check an ensemble recipe's ``member_recipes`` and each member as a recipe; the case ids
+    of all members (a run may hold out a case that only one member trains on)."""
+    members = config.member_recipes
+    if not isinstance(members, list) or not all(isinstance(member, dict) for member in members):
+        raise PocketSegError(
+            f"{where}: member_recipes must be a list of objects (one per member), got {members!r}"
+        )
+    if config.members != len(members):
+        raise PocketSegError(
+            f"{where}: members is {config.members} but member_recipes lists {len(members)}; set members "
+            f"to {len(members)}"
+        )
+    if len(members) < 2:
+        raise PocketSegError(
+            f"{where}: member_recipes lists {len(members)} member; an ensemble needs 2 or more"
+        )
+    ids: list[str] = []
+    for index, keys in enumerate(members):
+        shared = [key for key in keys if key in SHARED_BY_MEMBERS]
+        if shared:
+            raise PocketSegError(
+                f"{where}: member {index} sets {shared}, which every member shares (the bundle has one); "
+                "set them in the recipe itself"
+            )
+        member = config.member(index)  # unknown keys raise here
+        check_recipe(member.replace(runs={}, shipped_run=""), f"{where}, member {index}")
+        ids += [str(source.get("case", "")) for source in every_source(member)]
+    return ids
+
+
 # --------------------------------------------------------------------------------- data
 
 
@@ -234,7 +278,10 @@ def load_stripped_brain(data_root: Path, source: dict[str, Any]) -> tuple[sitk.I
 
 
 def every_source(config: TrainingConfig) -> list[dict[str, Any]]:
-    """The recipe's sources followed by those its stages name (a stage's list may repeat some)."""
+    """The recipe's sources followed by those its stages name (a stage's list may repeat some);
+    of an ensemble recipe with ``member_recipes``, every member's in turn."""
+    if config.member_recipes:
+        return [source for index in range(config.members) for source in every_source(config.member(index))]
     return config.sources + [source for stage in config.stages for source in stage.get("sources", [])]
 
 
@@ -248,8 +295,10 @@ def check_sources(config: TrainingConfig, data_root: Path) -> None:
             if path and not (data_root / path).exists()
         )
     )
-    if config.init_from and not (data_root / config.init_from["bundle"] / "bundle.json").is_file():
-        missing.append(f"{config.init_from['bundle']} (the init_from bundle)")
+    members = [config.member(k) for k in range(config.members)] if config.member_recipes else [config]
+    for init_from in dict.fromkeys(m.init_from["bundle"] for m in members if m.init_from):
+        if not (data_root / init_from / "bundle.json").is_file():
+            missing.append(f"{init_from} (the init_from bundle)")
     if missing:
         raise PocketSegError(
             f"{len(missing)} file(s) of recipe {config.name!r} are not under the data root {data_root}: "
@@ -470,13 +519,15 @@ def train_recipe(
             f"recipe {config.name!r} has no run {unknown}; its runs: {', '.join(config.runs)}"
         )
     check_sources(config, data_root)
-    if config.init_from:
-        load_initial_weights(config, data_root)  # a wrong bundle fails before any work
+    member_configs = [config] if config.members == 1 else [config.member(k) for k in range(config.members)]
+    for member in member_configs:
+        if member.init_from:
+            load_initial_weights(member, data_root)  # a wrong bundle fails before any work
     _prepare_output(config, output_dir, resume)
     device = torch.device(device)
-    stages = [config.stage(index) for index in range(max(1, len(config.stages)))]
-    names = config.stage_names()
-    total = len(runs) * config.members * sum(stage.epochs * stage.steps_per_epoch for stage in stages)
+    total = len(runs) * sum(
+        stage.epochs * stage.steps_per_epoch for member in member_configs for stage in _stages(member)
+    )
     done_before = 0
 
     def progress(done: int, message: str) -> None:
@@ -487,21 +538,29 @@ def train_recipe(
         """The stages of one training of ``run`` in ``member_dir`` (finished ones kept): its final
         (weights, training record), or None when stopped after ``stop_after_steps``."""
         nonlocal done_before
+        stages, names = _stages(member), member.stage_names()
         state, record = load_initial_weights(member, data_root) if member.init_from else (None, None)
-        for index, name in enumerate(names):
-            stage, stage_dir = member.stage(index), member_dir / name
-            finished = _read_json(stage_dir / "state.json").get("status") == "done"
-            if finished and stop_after_steps is None:
-                bundle = load_bundle(stage_dir / "bundle")
-                state, record = dict(bundle.state_dict), bundle.config.training
-                logger.info("%s/%s %s already finished; kept", config.name, run, name)
-            else:
-                state, record = train_stage(
-                    member, stage, name, run, data_root, stage_dir, device, state, record, progress,
-                    stop_after_steps,
-                )  # fmt: skip
-                if state is None:  # stopped after stop_after_steps
-                    return None
+        # resume after the last finished stage: its bundle holds all that the later stages need
+        # (the folders of the stages before it may have been deleted to save space)
+        finished = [
+            index for index, name in enumerate(names)
+            if _read_json(member_dir / name / "state.json").get("status") == "done"
+        ] if stop_after_steps is None else []  # fmt: skip
+        start = finished[-1] + 1 if finished else 0
+        if finished:
+            bundle = load_bundle(member_dir / names[start - 1] / "bundle")
+            state, record = dict(bundle.state_dict), bundle.config.training
+            _refuse_held_out_training(member, run, member_dir / names[start - 1], record)
+            done_before += sum(stage.epochs * stage.steps_per_epoch for stage in stages[:start])
+            logger.info("%s/%s: %s already finished; kept", config.name, run, ", ".join(names[:start]))
+        for index in range(start, len(names)):
+            stage, name = stages[index], names[index]
+            state, record = train_stage(
+                member, stage, name, run, data_root, member_dir / name, device, state, record, progress,
+                stop_after_steps,
+            )  # fmt: skip
+            if state is None:  # stopped after stop_after_steps
+                return None
             done_before += stage.epochs * stage.steps_per_epoch
         return state, record
 
@@ -513,8 +572,8 @@ def train_recipe(
             trained = [train_member(config, run_dir, run)]
         else:  # an ensemble: member k in <run>/member_<k>/<stage>
             trained = []
-            for index in range(config.members):
-                trained.append(train_member(config.member(index), run_dir / f"member_{index}", run))
+            for index, member in enumerate(member_configs):
+                trained.append(train_member(member, run_dir / f"member_{index}", run))
                 if trained[-1] is None:
                     break
         if trained[-1] is None:
@@ -531,6 +590,31 @@ def train_recipe(
         export_onnx_if_whole_grid(config, models[run])
         logger.info("%s/%s: model bundle %s", config.name, run, models[run])
     return models
+
+
+def _refuse_held_out_training(
+    config: TrainingConfig, run: str, stage_dir: Path, record: dict[str, Any]
+) -> None:
+    """A kept stage (e.g. one copied in from another run) must not have trained on a file the
+    run holds out: its record chain's files are checked against the run's held-out images."""
+    held_out = [
+        source["image"] for source in every_source(config) if is_held_out(source, list(config.runs[run]))
+    ]
+    trained: set[str] = set()
+    while record:
+        trained.update(record.get("files", []))
+        record = record.get("continued_from") or {}
+    leaked = sorted(set(held_out) & trained)
+    if leaked:
+        raise PocketSegError(
+            f"{stage_dir} was trained on {', '.join(leaked)}, which run {run!r} holds out; delete that "
+            "stage folder (it is trained again) or resume into another --output folder"
+        )
+
+
+def _stages(config: TrainingConfig) -> list[TrainingConfig]:
+    """The config of each of the recipe's stages (the recipe itself when it has none)."""
+    return [config.stage(index) for index in range(max(1, len(config.stages)))]
 
 
 def export_onnx_if_whole_grid(config: TrainingConfig, bundle: Path) -> None:

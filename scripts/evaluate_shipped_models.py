@@ -46,7 +46,12 @@ from pocketseg_core.inference import InferenceOptions, segment_image  # noqa: E4
 from pocketseg_core.io import write_bytes_atomic, write_text_atomic  # noqa: E402
 from pocketseg_core.metrics import METRIC_NAMES, compute_metrics, dice  # noqa: E402
 from pocketseg_core.overlay import save_overlay_png  # noqa: E402
-from pocketseg_core.training.recipes import every_source, load_labelled_case, load_recipe  # noqa: E402
+from pocketseg_core.training.recipes import (  # noqa: E402
+    every_source,
+    load_labelled_case,
+    load_recipe,
+    trained_files,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "Resources" / "Models"
@@ -228,17 +233,14 @@ def evaluate_task(
         config = recipe.bundle_config(recipe.name, trained.config.training)
         bundle = ModelBundle(config, trained.state_dict, run_dir)
         network = bundle.build_network(device)
-        training = bundle.config.training
-        trained_files = [
-            f for record in [training, *training.get("other_members", [])] for f in record.get("files", [])
-        ]
+        training_files = trained_files(bundle.config.training)  # every stage of every member
         for case in held_out:
             # a case held out by several runs (an ensemble's folds) is scored by the first of them
             if case in summary["volumes"]:
                 continue
             image, truth = load_labelled_case(data, sources[case])
             source = sources[case]["image"]
-            if source in trained_files:  # never score a training image (of any member of an ensemble)
+            if source in training_files:  # never score a training image
                 raise RuntimeError(f"{source} was in the training files of {run_dir}; refusing to evaluate")
             options = InferenceOptions(device=device)
             segment_image(image, bundle, options, network=network)  # warm-up, not timed

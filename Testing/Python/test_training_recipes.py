@@ -17,7 +17,13 @@ from pocketseg_core.bundles import SHIPPED_CATALOG, load_bundle
 from pocketseg_core.cli import main as cli_main
 from pocketseg_core.errors import Cancelled, PocketSegError
 from pocketseg_core.training.presets import LearningRateSchedule, TrainingConfig
-from pocketseg_core.training.recipes import build_training_volumes, check_recipe, load_recipe, train_recipe
+from pocketseg_core.training.recipes import (
+    build_training_volumes,
+    check_recipe,
+    load_recipe,
+    train_recipe,
+    trained_files,
+)
 from pocketseg_core.training.recipes import source_files as recipe_source_files
 
 
@@ -610,6 +616,10 @@ def test_member_recipes_average_differently_configured_trainings_each_bit_for_bi
     for index, member in enumerate((narrow, alone)):
         for key, value in member.items():
             assert torch.equal(bundle.state_dict[f"members.{index}.{key}"], value), key
+    # the files of every stage of every member, as the evaluation checks them against held-out images
+    assert trained_files(config.training) == {
+        f"case{i}{suffix}.nii.gz" for i in range(3) for suffix in ("", "_labels")
+    } | {"stripped.nii.gz"}
     other = config.training["other_members"][0]
     assert (other["stage"], other["seed"], other["files"]) == (
         "third",
@@ -686,3 +696,13 @@ def test_resume_refuses_a_kept_stage_that_trained_on_a_case_the_run_holds_out(da
     shutil.copytree(tmp_path / "full" / "all" / "first", tmp_path / "mixed" / "loo_c0" / "first")
     with pytest.raises(PocketSegError, match="was trained on case0.nii.gz, .*which run 'loo_c0' holds out"):
         train_recipe(recipe, data_root, tmp_path / "mixed", runs=["loo_c0"], resume=True)
+
+
+def test_trained_files_follow_the_stages_before_and_the_other_members():
+    record = {
+        "files": ["last.nii.gz"],
+        "continued_from": {"files": ["first.nii.gz"], "continued_from": None},
+        "other_members": [{"files": ["wide.nii.gz"], "continued_from": {"files": ["wide_first.nii.gz"]}}],
+    }
+    assert trained_files(record) == {"last.nii.gz", "first.nii.gz", "wide.nii.gz", "wide_first.nii.gz"}
+    assert trained_files({}) == set()

@@ -181,6 +181,11 @@ class TrainingConfig:
         changed = shifted({"seed": self.seed, "synthesis": self.synthesis})
         return self.replace(members=1, stages=[shifted(stage) for stage in self.stages], **changed)
 
+    def member_configs(self) -> list[TrainingConfig]:
+        """The config each member of the recipe trains: the recipe itself for one network, else
+        :meth:`member` ``0 .. members - 1``."""
+        return [self] if self.members == 1 else [self.member(index) for index in range(self.members)]
+
     def stage_names(self) -> list[str]:
         return [str(stage.get("name", f"stage_{i + 1}")) for i, stage in enumerate(self.stages)] or [
             "stage_1"
@@ -208,6 +213,7 @@ class TrainingConfig:
         """The :class:`~pocketseg_core.bundles.BundleConfig` of a model trained with this config."""
         from pocketseg_core.bundles import BundleConfig, LabelInfo
 
+        configs = self.member_configs() if self.member_recipes else [self]  # seeds alone: one configuration
         return BundleConfig(
             name=name,
             network=self.network,
@@ -217,9 +223,7 @@ class TrainingConfig:
             window_mode=self.window_mode,
             window_size_zyx=tuple(self.window_size_zyx),
             context_slices=int(self.context_slices),
-            network_args=self.member(0).network_arguments()
-            if self.member_recipes
-            else self.network_arguments(),
+            network_args=configs[0].network_arguments(),
             preprocessing=dict(self.preprocessing),
             orientation=self.orientation,
             postprocessing=copy.deepcopy(self.postprocessing),
@@ -230,7 +234,9 @@ class TrainingConfig:
             task=self.task,
             training=training_info,
             members=int(self.members),
-            member_network_args=[self.member(k).network_arguments() for k in range(len(self.member_recipes))],
+            member_network_args=[config.network_arguments() for config in configs]
+            if self.member_recipes
+            else [],
         )
 
 

@@ -281,7 +281,7 @@ def every_source(config: TrainingConfig) -> list[dict[str, Any]]:
     """The recipe's sources followed by those its stages name (a stage's list may repeat some);
     of an ensemble recipe with ``member_recipes``, every member's in turn."""
     if config.member_recipes:
-        return [source for index in range(config.members) for source in every_source(config.member(index))]
+        return [source for member in config.member_configs() for source in every_source(member)]
     return config.sources + [source for stage in config.stages for source in stage.get("sources", [])]
 
 
@@ -295,7 +295,7 @@ def check_sources(config: TrainingConfig, data_root: Path) -> None:
             if path and not (data_root / path).exists()
         )
     )
-    members = [config.member(k) for k in range(config.members)] if config.member_recipes else [config]
+    members = config.member_configs()
     for init_from in dict.fromkeys(m.init_from["bundle"] for m in members if m.init_from):
         if not (data_root / init_from / "bundle.json").is_file():
             missing.append(f"{init_from} (the init_from bundle)")
@@ -519,7 +519,7 @@ def train_recipe(
             f"recipe {config.name!r} has no run {unknown}; its runs: {', '.join(config.runs)}"
         )
     check_sources(config, data_root)
-    member_configs = [config] if config.members == 1 else [config.member(k) for k in range(config.members)]
+    member_configs = config.member_configs()
     for member in member_configs:
         if member.init_from:
             load_initial_weights(member, data_root)  # a wrong bundle fails before any work
@@ -600,16 +600,24 @@ def _refuse_held_out_training(
     held_out = [
         source["image"] for source in every_source(config) if is_held_out(source, list(config.runs[run]))
     ]
-    trained: set[str] = set()
-    while record:
-        trained.update(record.get("files", []))
-        record = record.get("continued_from") or {}
-    leaked = sorted(set(held_out) & trained)
+    leaked = sorted(set(held_out) & trained_files(record))
     if leaked:
         raise PocketSegError(
             f"{stage_dir} was trained on {', '.join(leaked)}, which run {run!r} holds out; delete that "
             "stage folder (it is trained again) or resume into another --output folder"
         )
+
+
+def trained_files(record: dict[str, Any]) -> set[str]:
+    """Every file a model's training record says it trained on: its stage's, the stages' before it
+    (``continued_from``) and, for an ensemble, its other members' (``other_members``)."""
+    files: set[str] = set()
+    pending = [record]
+    while pending:
+        current = pending.pop()
+        files.update(current.get("files", []))
+        pending += [r for r in [current.get("continued_from"), *current.get("other_members", [])] if r]
+    return files
 
 
 def _stages(config: TrainingConfig) -> list[TrainingConfig]:

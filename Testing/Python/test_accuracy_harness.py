@@ -314,3 +314,28 @@ def test_skullstrip_ensemble_recipe_averages_the_packaged_recipe_and_the_twelve_
     assert ensemble.member(1).replace(**texts) == wide.replace(**texts)
     made = ensemble.bundle_config(ensemble.name, {})
     assert [args["init_filters"] for args in made.member_network_args] == [8, 12]
+
+
+def test_thin_skull_recipe_is_the_twelve_map_candidate_plus_one_stage():
+    """The measured thin-skull variant is the 12-feature-map candidate (same stages, heads and
+    seeds) with an eighth stage: stage 7's heads, seed 8000, lr 2e-4, csf_in_mask 0.75 and
+    thin_skull 0.5; one more run holds the Swiss head out."""
+    import json
+
+    from benchmarks.accuracy import REPOSITORY
+    from pocketseg_core.training.recipes import load_recipe
+
+    folder = REPOSITORY / "benchmarks" / "recipes"
+    base = json.loads((folder / "skullstrip_12_maps_real_heads_csf.json").read_text(encoding="utf-8"))
+    thin = json.loads((folder / "skullstrip_12_maps_thin_skull.json").read_text(encoding="utf-8"))
+    load_recipe(folder / "skullstrip_12_maps_thin_skull.json")  # a valid recipe
+    eighth = thin["stages"].pop()
+    seventh = base["stages"][-1]
+    assert eighth["synthesis"] == {**seventh["synthesis"], "csf_in_mask": 0.75, "thin_skull": 0.5}
+    assert eighth["sources"] == seventh["sources"] and eighth["seed"] == 8000
+    assert eighth["optimizer"] == {"lr": 0.0002}
+    assert thin["runs"].pop("loo_swiss") == ["swiss"]
+    for recipe in (base, thin):
+        for key in ("version", "description"):
+            recipe.pop(key)
+    assert thin == base

@@ -706,3 +706,23 @@ def test_trained_files_follow_the_stages_before_and_the_other_members():
     }
     assert trained_files(record) == {"last.nii.gz", "first.nii.gz", "wide.nii.gz", "wide_first.nii.gz"}
     assert trained_files({}) == set()
+
+
+def test_thin_skull_reaches_the_synthetic_heads_of_a_stage_and_is_checked(data_root):
+    """A stage's ``thin_skull`` changes its synthetic heads (not their labels without
+    ``csf_in_mask``); outside [0, 1] the recipe is refused."""
+    recipe = _recipe(synthesis={"kind": "synthstrip_heads", "seed": 0, "per_source": 2})
+    plain = build_training_volumes(recipe.stage(1), data_root, held_out=["c0", "c1", "c2"])
+    thin_recipe = recipe.replace(
+        stages=[{"name": "first"}, {"name": "second", "synthesis": {"thin_skull": 1.0}}]
+    )
+    thin = build_training_volumes(thin_recipe.stage(1), data_root, held_out=["c0", "c1", "c2"])
+    assert [v.case_id for v in thin] == [v.case_id for v in plain]
+    assert np.array_equal(plain[0].label, thin[0].label)  # the brain mask is the label either way
+    assert not np.array_equal(plain[0].image, thin[0].image)  # another shell around it
+    for value in (1.5, -0.1, "yes", True):
+        bad = recipe.replace(
+            stages=[{"name": "first"}, {"name": "second", "synthesis": {"thin_skull": value}}]
+        )
+        with pytest.raises(PocketSegError, match="synthesis thin_skull is .*a number from 0 to 1"):
+            check_recipe(bad)

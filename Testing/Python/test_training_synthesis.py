@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pocketseg_core.training.synthesis import SYNTHETIC_SPACING, synthesize_head
+from pocketseg_core.training.synthesis import SYNTHETIC_SPACING, shell_radii, synthesize_head
 
 
 def _stripped_brain() -> tuple[sitk.Image, sitk.Image]:
@@ -162,3 +162,31 @@ def test_csf_in_mask_adds_the_csf_layer_up_to_the_skull_and_nothing_else(brain, 
     assert sitk.GetArrayFromImage(components).max() == 1
     lowest_brain = int(np.nonzero(brain_voxels.any(axis=(1, 2)))[0].min())
     assert not grown[: max(lowest_brain - 5, 0)].any()
+
+
+def test_thin_skull_draws_a_thin_skull_under_a_wide_csf_layer_and_off_changes_nothing(brain):
+    thick = [shell_radii(np.random.default_rng(seed)) for seed in range(200)]
+    thin = [shell_radii(np.random.default_rng(seed), thin_skull=1.0) for seed in range(200)]
+    for csf, skull, fat, skin in thick:
+        assert 1.0 <= csf <= 5.0 and 3.0 <= skull - csf <= 9.0 and csf < skull < fat < skin
+    for csf, skull, fat, skin in thin:
+        assert 2.0 <= csf <= 8.0 and 1.0 <= skull - csf <= 3.0 and 2.0 <= fat - skull <= 8.0 and fat < skin
+    # a share in between: about that share of heads get the thin skull
+    half = [shell_radii(np.random.default_rng(seed), thin_skull=0.5) for seed in range(200)]
+    thin_share = np.mean([skull - csf < 3.0 for csf, skull, _, _ in half])
+    assert 0.35 < thin_share < 0.65
+    # off draws no random number: the same head and label as before the option existed
+    image, mask = brain
+    plain_head, plain_label = synthesize_head(image, mask, np.random.default_rng(5), csf_in_mask=1.0)
+    off_head, off_label = synthesize_head(
+        image, mask, np.random.default_rng(5), csf_in_mask=1.0, thin_skull=0.0
+    )
+    assert np.array_equal(sitk.GetArrayFromImage(plain_head), sitk.GetArrayFromImage(off_head))
+    assert np.array_equal(sitk.GetArrayFromImage(plain_label), sitk.GetArrayFromImage(off_label))
+    # on: the option reaches the head (another shell), the brain stays in the label
+    on_head, on_label = synthesize_head(
+        image, mask, np.random.default_rng(5), csf_in_mask=1.0, thin_skull=1.0
+    )
+    assert not np.array_equal(sitk.GetArrayFromImage(on_head), sitk.GetArrayFromImage(plain_head))
+    brain_only = sitk.GetArrayFromImage(synthesize_head(image, mask, np.random.default_rng(5))[1]) > 0
+    assert (sitk.GetArrayFromImage(on_label)[brain_only] > 0).all()

@@ -26,6 +26,23 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
     return (smooth - smooth.mean()) / max(float(smooth.std()), 1e-6)
 
 
+def shell_radii(rng: np.random.Generator, thin_skull: float = 0.0) -> tuple[float, float, float, float]:
+    """Outer radii (mm from the brain surface) of a synthetic head's CSF, skull, fat and skin layers.
+
+    CSF 1-5 mm, skull 3-9 mm, fat 2-8 mm, skin 1.5-5 mm thick; with probability ``thin_skull``
+    CSF 2-8 mm and skull 1-3 mm (see :func:`synthesize_head`). ``thin_skull`` 0 draws no extra
+    random number.
+    """
+    csf = rng.uniform(1.0, 5.0)
+    skull = csf + rng.uniform(3.0, 9.0)
+    if thin_skull > 0 and rng.random() < thin_skull:
+        csf = rng.uniform(2.0, 8.0)
+        skull = csf + rng.uniform(1.0, 3.0)
+    fat = skull + rng.uniform(2.0, 8.0)
+    skin = fat + rng.uniform(1.5, 5.0)
+    return float(csf), float(skull), float(fat), float(skin)
+
+
 def synthesize_head(
     brain: sitk.Image,
     mask: sitk.Image,
@@ -33,6 +50,7 @@ def synthesize_head(
     face_and_neck: int = 0,
     brain_contrast: float = 0.0,
     csf_in_mask: float = 0.0,
+    thin_skull: float = 0.0,
 ) -> tuple[sitk.Image, sitk.Image]:
     """A skull-stripped brain pasted into a random synthetic head shell (SynthStrip-style).
 
@@ -55,6 +73,11 @@ def synthesize_head(
     and HD-BET's masks end on real heads; without it the mask hugs the source's brain surface,
     and a network trained on it leaves out a wide CSF space over the convexity). 0 (default) draws
     no extra random numbers.
+
+    ``thin_skull``: the probability that the skull is 1-3 mm thick instead of 3-9 mm (and the CSF
+    layer 2-8 mm), as a natively 2 mm scan of an older head shows it: at the vertex a dark CSF
+    space runs straight into the bright scalp, with no dark bone voxel between them. 0 (default)
+    draws no extra random numbers.
     """
     spacing = SYNTHETIC_SPACING
     brain = _resample(brain, spacing, sitk.sitkLinear)
@@ -80,10 +103,7 @@ def synthesize_head(
         )
     )
     distance = distance + 2.0 * _smooth_noise(rng, distance.shape, 6.0)  # irregular layer thickness (mm)
-    csf = rng.uniform(1.0, 5.0)
-    skull = csf + rng.uniform(3.0, 9.0)
-    fat = skull + rng.uniform(2.0, 8.0)
-    skin = fat + rng.uniform(1.5, 5.0)
+    csf, skull, fat, skin = shell_radii(rng, thin_skull)
     levels = {
         "csf": rng.uniform(0.02, 0.45),
         "skull": rng.uniform(0.0, 0.25),

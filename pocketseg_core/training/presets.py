@@ -186,6 +186,10 @@ class TrainingConfig:
         :meth:`member` ``0 .. members - 1``."""
         return [self] if self.members == 1 else [self.member(index) for index in range(self.members)]
 
+    def stage_configs(self) -> list[TrainingConfig]:
+        """The config of each of the recipe's stages (the recipe itself when it has none)."""
+        return [self.stage(index) for index in range(max(1, len(self.stages)))]
+
     def stage_names(self) -> list[str]:
         return [str(stage.get("name", f"stage_{i + 1}")) for i, stage in enumerate(self.stages)] or [
             "stage_1"

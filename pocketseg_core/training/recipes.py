@@ -173,8 +173,7 @@ def check_recipe(config: TrainingConfig, where: str = "recipe") -> None:
             check_hu_ranges(config.synthesis.get("hu_ranges"))
         except ValueError as error:
             raise PocketSegError(f"{where}: synthesis {error}; fix the recipe") from None
-    for index in range(max(1, len(config.stages))):
-        stage = config.stage(index)  # unknown keys in a stage raise here
+    for stage in config.stage_configs():  # unknown keys in a stage raise here
         for key in SYNTHESIS_FRACTIONS:
             value = (stage.synthesis or {}).get(key, 0.0)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
@@ -527,7 +526,7 @@ def train_recipe(
     _prepare_output(config, output_dir, resume)
     device = torch.device(device)
     total = len(runs) * sum(
-        stage.epochs * stage.steps_per_epoch for member in member_configs for stage in _stages(member)
+        stage.epochs * stage.steps_per_epoch for member in member_configs for stage in member.stage_configs()
     )
     done_before = 0
 
@@ -539,8 +538,7 @@ def train_recipe(
         """The stages of one training of ``run`` in ``member_dir`` (finished ones kept): its final
         (weights, training record), or None when stopped after ``stop_after_steps``."""
         nonlocal done_before
-        stages, names = _stages(member), member.stage_names()
-        state, record = load_initial_weights(member, data_root) if member.init_from else (None, None)
+        stages, names = member.stage_configs(), member.stage_names()
         # resume after the last finished stage: its bundle holds all that the later stages need
         # (the folders of the stages before it may have been deleted to save space)
         finished = [
@@ -554,6 +552,8 @@ def train_recipe(
             _refuse_held_out_training(member, run, member_dir / names[start - 1], record)
             done_before += sum(stage.epochs * stage.steps_per_epoch for stage in stages[:start])
             logger.info("%s/%s: %s already finished; kept", config.name, run, ", ".join(names[:start]))
+        else:  # the kept stage's weights replace init_from's, so they are read only here
+            state, record = load_initial_weights(member, data_root) if member.init_from else (None, None)
         for index in range(start, len(names)):
             stage, name = stages[index], names[index]
             state, record = train_stage(
@@ -619,11 +619,6 @@ def trained_files(record: dict[str, Any]) -> set[str]:
         files.update(current.get("files", []))
         pending += [r for r in [current.get("continued_from"), *current.get("other_members", [])] if r]
     return files
-
-
-def _stages(config: TrainingConfig) -> list[TrainingConfig]:
-    """The config of each of the recipe's stages (the recipe itself when it has none)."""
-    return [config.stage(index) for index in range(max(1, len(config.stages)))]
 
 
 def export_onnx_if_whole_grid(config: TrainingConfig, bundle: Path) -> None:

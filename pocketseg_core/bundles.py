@@ -34,6 +34,7 @@ from typing import Any
 
 from pocketseg_core.anatomy import structure_for_task
 from pocketseg_core.errors import BundleError, PocketSegError
+from pocketseg_core.preprocessing import ANCHOR_KEYS
 
 BUNDLE_FORMAT_VERSION = 1
 CONFIG_FILE = "bundle.json"
@@ -228,6 +229,7 @@ class BundleConfig:
                 raise BundleError(
                     f"{where}: ct_window preprocessing needs 'window': [low, high] in HU, low < high"
                 )
+        self._validate_anchor(where, kind, values)
         if not isinstance(self.postprocessing, Mapping):
             raise BundleError(f'{where}: postprocessing must be an object, e.g. {{"cut_bridges_mm": 4.0}}')
         unknown = sorted(set(self.postprocessing) - POSTPROCESSING_KEYS)
@@ -248,6 +250,37 @@ class BundleConfig:
             raise BundleError(f"{where}: postprocessing.cut_below_waist must be true or false, got {waist!r}")
         if self.orientation not in ("LPS", "RAS"):
             raise BundleError(f"{where}: orientation must be 'LPS' or 'RAS', got {self.orientation!r}")
+
+    def _validate_anchor(self, where: str, kind: str, label_values: list[int]) -> None:
+        """``preprocessing.anchor`` (optional, MR only): where the label's normalised intensities
+        sat in the training heads (:class:`pocketseg_core.preprocessing.IntensityAnchor`)."""
+        anchor = self.preprocessing.get("anchor")
+        if anchor is None:
+            return
+        example = (
+            '{"label": 1, "median": -0.1, "iqr": 1.55, "median_tolerance": 0.6, "iqr_ratio_tolerance": 1.4}'
+        )
+        if kind != "mr_zscore" or not isinstance(anchor, Mapping) or sorted(anchor) != sorted(ANCHOR_KEYS):
+            raise BundleError(
+                f"{where}: preprocessing.anchor must be an object with exactly the keys {list(ANCHOR_KEYS)} "
+                f"(and only with mr_zscore), e.g. {example}; got {anchor!r}"
+            )
+        numbers = {key: anchor[key] for key in ANCHOR_KEYS}
+        if not all(
+            isinstance(value, int | float) and not isinstance(value, bool) for value in numbers.values()
+        ):
+            raise BundleError(f"{where}: preprocessing.anchor values must be numbers, e.g. {example}")
+        if numbers["label"] not in label_values:
+            raise BundleError(
+                f"{where}: preprocessing.anchor.label {numbers['label']} is none of the label values {label_values}"
+            )
+        if not (
+            numbers["iqr"] > 0 and numbers["median_tolerance"] > 0 and numbers["iqr_ratio_tolerance"] > 1
+        ):
+            raise BundleError(
+                f"{where}: preprocessing.anchor needs iqr > 0, median_tolerance > 0 and "
+                f"iqr_ratio_tolerance > 1, e.g. {example}"
+            )
 
     def _validate_context_slices(self, where: str) -> None:
         context = self.context_slices

@@ -62,6 +62,84 @@ def mr_zscore(volume: np.ndarray) -> np.ndarray:
     return ((clipped - mean) / max(std, 1e-6)).astype(np.float32)
 
 
+#: keys of a bundle's ``preprocessing.anchor`` (see :func:`anchor_renormalised`)
+ANCHOR_KEYS = ("label", "median", "iqr", "median_tolerance", "iqr_ratio_tolerance")
+
+
+@dataclass(frozen=True)
+class IntensityAnchor:
+    """Where a structure's normalised intensities sat in the training heads, and how far a new
+    image's may stray before it is normalised again on that structure (a bundle's
+    ``preprocessing.anchor``).
+
+    ``median``/``iqr``: median and interquartile range of the normalised intensities inside the
+    label ``label`` on the training heads' working grids. An image whose first-pass mask has a
+    median more than ``median_tolerance`` away, or an IQR more than ``iqr_ratio_tolerance``
+    times larger or smaller, lies outside what the network learned.
+    """
+
+    label: int
+    median: float
+    iqr: float
+    median_tolerance: float
+    iqr_ratio_tolerance: float
+
+    @classmethod
+    def from_config(cls, anchor: Mapping[str, Any]) -> IntensityAnchor:
+        return cls(
+            int(anchor["label"]),
+            float(anchor["median"]),
+            float(anchor["iqr"]),
+            float(anchor["median_tolerance"]),
+            float(anchor["iqr_ratio_tolerance"]),
+        )
+
+    def deviation(self, median: float, iqr: float) -> float:
+        """How far (``median``, ``iqr``) lie from the anchor, in units of the tolerances: <= 1
+        is inside both."""
+        ratio = max(iqr, 1e-6) / self.iqr
+        return max(
+            abs(median - self.median) / self.median_tolerance,
+            abs(float(np.log(ratio))) / float(np.log(self.iqr_ratio_tolerance)),
+        )
+
+
+#: fewest voxels of a first-pass mask whose intensity statistics are trusted
+ANCHOR_MIN_VOXELS = 1000
+
+
+def masked_intensity_statistics(volume: np.ndarray, mask: np.ndarray) -> tuple[float, float] | None:
+    """Median and interquartile range of ``volume`` inside the boolean ``mask`` (same shape);
+    None when the mask has fewer than :data:`ANCHOR_MIN_VOXELS` voxels."""
+    inside = volume[mask]
+    if inside.size < ANCHOR_MIN_VOXELS:
+        return None
+    q1, median, q3 = np.percentile(inside, [25, 50, 75])
+    return float(median), float(q3 - q1)
+
+
+def anchor_renormalised(
+    volume: np.ndarray, mask: np.ndarray, anchor: IntensityAnchor
+) -> tuple[np.ndarray, float, float] | None:
+    """``volume`` (normalised, ``(z, y, x)``) mapped linearly so that its intensities inside the
+    first-pass ``mask`` get the anchor's median and IQR, with the median and IQR they had; None
+    when they are already within the anchor's tolerances (or the mask is too small to say).
+
+    Why: a head whose scalp is far brighter than its brain (a surface coil's sensitivity, a
+    natively 2 mm scan) puts the brain below the Otsu threshold of :func:`mr_zscore`, so its
+    mean and std come from the scalp and the brain lands at intensities no training head had.
+    """
+    statistics = masked_intensity_statistics(volume, mask)
+    if statistics is None:
+        return None
+    median, iqr = statistics
+    if anchor.deviation(median, iqr) <= 1.0:
+        return None
+    scale = anchor.iqr / max(iqr, 1e-6)
+    renormalised = ((volume - median) * scale + anchor.median).astype(np.float32)
+    return renormalised, median, iqr
+
+
 def ct_window(volume: np.ndarray, window: tuple[float, float], normalize: str = "unit") -> np.ndarray:
     """Clip a CT volume ``(z, y, x)`` in HU to ``window`` and normalise -> float32.
 

@@ -226,8 +226,42 @@ def test_csf_recipe_starts_from_the_shipped_weights_and_uses_no_consensus_label(
     assert stage.synthesis["csf_in_mask"] == 0.5 and stage.synthesis["face_and_neck"] == 2
     catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
     shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
-    if shipped["version"] == "1.4.0":
+    if shipped["version"].startswith("1.4."):  # the 1.4 weights (1.4.1: the same, with the anchor)
         assert recipe.init_from["weights_sha256"] == shipped["weights_sha256"]
+
+
+def test_scalp_contrast_recipe_is_the_packaged_recipe_with_one_stage_from_the_shipped_weights():
+    """The measured wide-scalp variant: the packaged skull-strip recipe (same heads, synthesis,
+    augmentation, clean-up) whose only stage continues the shipped 1.4 weights on whole heads,
+    half of whose synthetic scalps are drawn dark to bright."""
+    import json
+
+    from benchmarks.accuracy import REPOSITORY
+    from pocketseg_core.bundles import SHIPPED_CATALOG
+    from pocketseg_core.training.recipes import load_recipe
+
+    path = REPOSITORY / "benchmarks" / "recipes" / "skullstrip_scalp_contrast.json"
+    load_recipe(path)  # a valid recipe
+    variant = json.loads(path.read_text(encoding="utf-8"))
+    packaged = json.loads(
+        (REPOSITORY / "pocketseg_core" / "training" / "recipes" / "skullstrip.json").read_text(
+            encoding="utf-8"
+        )
+    )
+    (stage,) = variant.pop("stages")
+    assert stage["synthesis"] == {"face_and_neck": 2, "scalp_contrast": 0.5}
+    assert stage["patch_size_zyx"] == [112, 128, 128] and stage["optimizer"] == {"lr": 0.0003}
+    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
+    shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
+    init_from = variant.pop("init_from")
+    assert init_from["bundle"] == "bundles/skullstrip-1.4.0"
+    if shipped["version"].startswith("1.4."):  # while the 1.4 weights are shipped
+        assert init_from["weights_sha256"] == shipped["weights_sha256"]
+    assert variant.pop("runs") == {"loo_robex": ["robex"]}
+    for recipe in (variant, packaged):
+        for key in ("stages", "runs", "version", "description"):
+            recipe.pop(key, None)
+    assert variant == packaged
 
 
 @pytest.mark.parametrize("fold", ["a", "b"])
@@ -276,6 +310,8 @@ def test_twelve_map_real_heads_recipes_are_the_packaged_recipe_wider_plus_the_cs
     assert last == csf_b["stages"][0]
     assert wide.pop("network_args") == {**packaged.pop("network_args"), "init_filters": 12}
     assert wide.pop("runs") == {"loo_robex": ["robex"], "fold_c": ["robex", "siemens_xa30_2mm", "chris"]}
+    # the intensity anchor (1.4.1) acts at inference only: the measured recipe trained the same
+    assert packaged["preprocessing"].pop("anchor")["label"] == 1
     for recipe in (wide, packaged):
         for key in ("runs", "version", "description"):
             recipe.pop(key, None)
@@ -311,7 +347,10 @@ def test_skullstrip_ensemble_recipe_averages_the_packaged_recipe_and_the_twelve_
     assert ensemble.shipped_run == packaged.shipped_run == "loo_robex"
     texts = {"name": "x", "version": "0", "description": "", "title": "", "runs": {}, "shipped_run": ""}
     assert ensemble.member(0).replace(**texts) == packaged.replace(**texts)
-    assert ensemble.member(1).replace(**texts) == wide.replace(**texts)
+    # the intensity anchor (1.0.1) acts at inference only, and is the default's
+    assert ensemble.preprocessing == packaged.preprocessing
+    plain = {"preprocessing": {"kind": "mr_zscore"}}
+    assert ensemble.member(1).replace(**texts, **plain) == wide.replace(**texts, **plain)
     made = ensemble.bundle_config(ensemble.name, {})
     assert [args["init_filters"] for args in made.member_network_args] == [8, 12]
 

@@ -708,6 +708,26 @@ def test_trained_files_follow_the_stages_before_and_the_other_members():
     assert trained_files({}) == set()
 
 
+def test_scalp_contrast_reaches_the_synthetic_heads_of_a_stage_and_is_checked(data_root):
+    """A stage's ``scalp_contrast`` changes its synthetic heads, not their labels; outside
+    [0, 1] the recipe is refused."""
+    recipe = _recipe(synthesis={"kind": "synthstrip_heads", "seed": 0, "per_source": 2})
+    plain = build_training_volumes(recipe.stage(1), data_root, held_out=["c0", "c1", "c2"])
+    wide = recipe.replace(
+        stages=[{"name": "first"}, {"name": "second", "synthesis": {"scalp_contrast": 1.0}}]
+    )
+    scalps = build_training_volumes(wide.stage(1), data_root, held_out=["c0", "c1", "c2"])
+    assert [v.case_id for v in scalps] == [v.case_id for v in plain]
+    assert all(np.array_equal(a.label, b.label) for a, b in zip(plain, scalps, strict=True))
+    assert not np.array_equal(plain[0].image, scalps[0].image)
+    for value in (1.5, -0.1, "yes", True):
+        bad = recipe.replace(
+            stages=[{"name": "first"}, {"name": "second", "synthesis": {"scalp_contrast": value}}]
+        )
+        with pytest.raises(PocketSegError, match="synthesis scalp_contrast is .*a number from 0 to 1"):
+            check_recipe(bad)
+
+
 def test_thin_skull_reaches_the_synthetic_heads_of_a_stage_and_is_checked(data_root):
     """A stage's ``thin_skull`` changes its synthetic heads (not their labels without
     ``csf_in_mask``); outside [0, 1] the recipe is refused."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,7 +40,14 @@ from pocketseg_core.inference.onnx_backend import OnnxNetwork, choose_backend
 from pocketseg_core.inference.options import InferenceOptions, ProgressCallback, SegmentationResult
 from pocketseg_core.inference.plausibility import anatomy_warnings
 from pocketseg_core.inference.postprocess import clean_up, to_input_grid
-from pocketseg_core.preprocessing import WorkingGrid, modality_warning, to_working_grid
+from pocketseg_core.preprocessing import (
+    IntensityAnchor,
+    WorkingGrid,
+    anchor_renormalised,
+    masked_intensity_statistics,
+    modality_warning,
+    to_working_grid,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -152,13 +160,24 @@ def segment_image(
     def network_progress(fraction: float, message: str) -> None:
         report(_PREPROCESS_END + (_WINDOWS_END - _PREPROCESS_END) * fraction, message)
 
+    anchor = config.preprocessing.get("anchor")
+    first_pass_end = 0.5 if anchor else 1.0  # of the network's share: room for a second pass
+
+    def run_network(volume: np.ndarray, start: float, end: float) -> tuple[np.ndarray, Any]:
+        def pass_progress(fraction: float, message: str) -> None:
+            network_progress(start + (end - start) * fraction, message)
+
+        if on_onnx:
+            return network.probabilities(volume, config.num_classes, options.tta, pass_progress), "cpu"
+        return _torch_probabilities(volume, network, config, options, device, messages, pass_progress)
+
     tick = time.perf_counter()
-    if on_onnx:
-        probabilities = network.probabilities(grid.volume, config.num_classes, options.tta, network_progress)
-        used_device = "cpu"
-    else:
-        probabilities, used_device = _torch_probabilities(
-            grid, network, config, options, device, messages, network_progress
+    probabilities, used_device = run_network(grid.volume, 0.0, first_pass_end)
+    if anchor:
+        anchor = IntensityAnchor.from_config(anchor)
+        structure = next((label.name for label in config.labels if label.value == anchor.label), "structure")
+        probabilities = _anchored_second_pass(
+            probabilities, grid.volume, anchor, structure.lower(), messages, run_network, first_pass_end
         )
     timings["network"] = time.perf_counter() - tick
     report(_WINDOWS_END, "mapping back to the input grid")
@@ -185,8 +204,54 @@ def segment_image(
     )
 
 
+def _label_mask(probabilities: np.ndarray, label: int) -> np.ndarray:
+    """Where ``label`` wins the argmax of ``probabilities`` ``(K, z, y, x)`` (for two classes a
+    comparison: three times faster than the argmax on a whole head)."""
+    if probabilities.shape[0] == 2:
+        return probabilities[label] > probabilities[1 - label]
+    return probabilities.argmax(axis=0) == label
+
+
+def _anchored_second_pass(
+    probabilities: np.ndarray,
+    volume: np.ndarray,
+    anchor: IntensityAnchor,
+    structure: str,
+    messages: list[str],
+    run_network: Callable[[np.ndarray, float, float], tuple[np.ndarray, Any]],
+    start: float,
+) -> np.ndarray:
+    """The first pass's ``probabilities`` ``(K, z, y, x)``, or a second pass's when the first
+    pass's mask shows intensities outside what the network was trained on (the bundle's
+    ``preprocessing.anchor``): the normalised ``volume`` is then mapped linearly so that they
+    sit where the training heads' did, and the network runs again on it. The second pass is kept only when
+    its own mask sits closer to the anchor than the first one did (a first mask that was right
+    for an unusual image stays)."""
+    renormalised = anchor_renormalised(volume, _label_mask(probabilities, anchor.label), anchor)
+    if renormalised is None:
+        return probabilities
+    second_volume, median, iqr = renormalised
+    second, _device = run_network(second_volume, start, 1.0)
+    statistics = masked_intensity_statistics(second_volume, _label_mask(second, anchor.label))
+    found = (
+        f"the {structure}'s intensities after normalisation (median {median:.2f}, IQR {iqr:.2f}) lie outside "
+        f"those of the training images (median {anchor.median:.2f}, IQR {anchor.iqr:.2f})"
+    )
+    if statistics is None or anchor.deviation(*statistics) >= anchor.deviation(median, iqr):
+        messages.append(
+            f"{found}; a second pass normalised on the first pass's {structure} did not fit better, so the "
+            "first pass is kept: check the mask"
+        )
+        return probabilities
+    messages.append(
+        f"{found} (e.g. a scalp much brighter than the brain): normalised again on the first pass's "
+        f"{structure} and segmented a second time"
+    )
+    return second
+
+
 def _torch_probabilities(
-    grid: WorkingGrid,
+    volume: np.ndarray,
     network: torch.nn.Module,
     config: BundleConfig,
     options: InferenceOptions,
@@ -201,7 +266,7 @@ def _torch_probabilities(
     if device.type == "cpu":
         cpu_precision(precision, messages)  # says so when bfloat16 was asked for but is not native
     return predict_probabilities(
-        grid.volume,
+        volume,
         network,
         tuple(options.window_size_zyx) if options.window_size_zyx else config.window_size_zyx,
         config.window_mode,

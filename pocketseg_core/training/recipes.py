@@ -66,7 +66,14 @@ LOG_COLUMNS = ("epoch", "train_loss", "lr", "seconds")
 #: source's ``scheme`` names what the label values are, default ``totalsegmentator_v2``)
 SYNTHESIS_KINDS = {"synthstrip_heads", *CT_SYNTHESIS_KINDS}
 #: synthesis-block values that are the probability that a synthetic sample gets something
-SYNTHESIS_FRACTIONS = ("chest_fraction", "kidney_fraction", "brain_contrast", "csf_in_mask", "thin_skull")
+SYNTHESIS_FRACTIONS = (
+    "chest_fraction",
+    "kidney_fraction",
+    "brain_contrast",
+    "csf_in_mask",
+    "thin_skull",
+    "scalp_contrast",
+)
 
 #: ``on_progress(fraction, message)``: return ``False`` to cancel (the run stays resumable)
 ProgressCallback = Callable[[float, str], "bool | None"]
@@ -377,7 +384,9 @@ def build_training_volumes(
     (:func:`~pocketseg_core.training.synthesis.synthesize_head`): ``face_and_neck`` (1: neck,
     face and cord; 2: and a tongue), ``brain_contrast`` (the share of heads whose brain contrast
     is randomised), ``csf_in_mask`` (the share whose mask takes in the CSF layer up to the
-    skull) and ``thin_skull`` (the share with a 1-3 mm skull under a 2-8 mm CSF layer).
+    skull), ``thin_skull`` (the share with a 1-3 mm skull under a 2-8 mm CSF layer) and
+    ``scalp_contrast`` (the share whose scalp is drawn from 0.2-2.8 times the brain: dark to very
+    bright).
     """
     real = []
     for source in config.sources:
@@ -426,6 +435,7 @@ def build_training_volumes(
                     brain_contrast=float(spec.get("brain_contrast", 0.0)),
                     csf_in_mask=float(spec.get("csf_in_mask", 0.0)),
                     thin_skull=float(spec.get("thin_skull", 0.0)),
+                    scalp_contrast=float(spec.get("scalp_contrast", 0.0)),
                 )
             synthetic.append(
                 prepare_volume(

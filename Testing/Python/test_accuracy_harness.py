@@ -258,10 +258,15 @@ def test_scalp_contrast_recipe_is_the_packaged_recipe_with_one_stage_from_the_sh
     if shipped["version"].startswith("1.4."):  # while the 1.4 weights are shipped
         assert init_from["weights_sha256"] == shipped["weights_sha256"]
     assert variant.pop("runs") == {"loo_robex": ["robex"]}
-    for recipe in (variant, packaged):
-        for key in ("stages", "runs", "version", "description"):
+    # its Swiss fold: the same stage from the default recipe's run loo_swiss (never saw the Swiss head)
+    swiss = json.loads(path.with_name("skullstrip_scalp_contrast_loo_swiss.json").read_text(encoding="utf-8"))
+    assert swiss.pop("stages") == [stage]
+    assert swiss.pop("init_from")["bundle"] == "bundles/skullstrip-1.4.0-loo_swiss"
+    assert swiss.pop("runs") == {"loo_swiss": ["swiss"]} and swiss.pop("shipped_run") == "loo_swiss"
+    for recipe in (variant, packaged, swiss):
+        for key in ("stages", "runs", "version", "description", "shipped_run"):
             recipe.pop(key, None)
-    assert variant == packaged
+    assert variant == packaged == swiss
 
 
 @pytest.mark.parametrize("fold", ["a", "b"])

@@ -708,41 +708,21 @@ def test_trained_files_follow_the_stages_before_and_the_other_members():
     assert trained_files({}) == set()
 
 
-def test_scalp_contrast_reaches_the_synthetic_heads_of_a_stage_and_is_checked(data_root):
-    """A stage's ``scalp_contrast`` changes its synthetic heads, not their labels; outside
-    [0, 1] the recipe is refused."""
+@pytest.mark.parametrize("option", ["thin_skull", "scalp_contrast"])
+def test_head_shell_options_reach_the_synthetic_heads_of_a_stage_and_are_checked(data_root, option):
+    """A stage's ``thin_skull`` (another skull and CSF layer) or ``scalp_contrast`` (other scalp
+    intensities) changes its synthetic heads, not their labels (without ``csf_in_mask`` the brain
+    mask is the label either way); outside [0, 1] the recipe is refused."""
     recipe = _recipe(synthesis={"kind": "synthstrip_heads", "seed": 0, "per_source": 2})
     plain = build_training_volumes(recipe.stage(1), data_root, held_out=["c0", "c1", "c2"])
-    wide = recipe.replace(
-        stages=[{"name": "first"}, {"name": "second", "synthesis": {"scalp_contrast": 1.0}}]
+    changed_recipe = recipe.replace(
+        stages=[{"name": "first"}, {"name": "second", "synthesis": {option: 1.0}}]
     )
-    scalps = build_training_volumes(wide.stage(1), data_root, held_out=["c0", "c1", "c2"])
-    assert [v.case_id for v in scalps] == [v.case_id for v in plain]
-    assert all(np.array_equal(a.label, b.label) for a, b in zip(plain, scalps, strict=True))
-    assert not np.array_equal(plain[0].image, scalps[0].image)
+    changed = build_training_volumes(changed_recipe.stage(1), data_root, held_out=["c0", "c1", "c2"])
+    assert [v.case_id for v in changed] == [v.case_id for v in plain]
+    assert all(np.array_equal(a.label, b.label) for a, b in zip(plain, changed, strict=True))
+    assert not np.array_equal(plain[0].image, changed[0].image)
     for value in (1.5, -0.1, "yes", True):
-        bad = recipe.replace(
-            stages=[{"name": "first"}, {"name": "second", "synthesis": {"scalp_contrast": value}}]
-        )
-        with pytest.raises(PocketSegError, match="synthesis scalp_contrast is .*a number from 0 to 1"):
-            check_recipe(bad)
-
-
-def test_thin_skull_reaches_the_synthetic_heads_of_a_stage_and_is_checked(data_root):
-    """A stage's ``thin_skull`` changes its synthetic heads (not their labels without
-    ``csf_in_mask``); outside [0, 1] the recipe is refused."""
-    recipe = _recipe(synthesis={"kind": "synthstrip_heads", "seed": 0, "per_source": 2})
-    plain = build_training_volumes(recipe.stage(1), data_root, held_out=["c0", "c1", "c2"])
-    thin_recipe = recipe.replace(
-        stages=[{"name": "first"}, {"name": "second", "synthesis": {"thin_skull": 1.0}}]
-    )
-    thin = build_training_volumes(thin_recipe.stage(1), data_root, held_out=["c0", "c1", "c2"])
-    assert [v.case_id for v in thin] == [v.case_id for v in plain]
-    assert np.array_equal(plain[0].label, thin[0].label)  # the brain mask is the label either way
-    assert not np.array_equal(plain[0].image, thin[0].image)  # another shell around it
-    for value in (1.5, -0.1, "yes", True):
-        bad = recipe.replace(
-            stages=[{"name": "first"}, {"name": "second", "synthesis": {"thin_skull": value}}]
-        )
-        with pytest.raises(PocketSegError, match="synthesis thin_skull is .*a number from 0 to 1"):
+        bad = recipe.replace(stages=[{"name": "first"}, {"name": "second", "synthesis": {option: value}}])
+        with pytest.raises(PocketSegError, match=f"synthesis {option} is .*a number from 0 to 1"):
             check_recipe(bad)

@@ -34,7 +34,6 @@ from typing import Any
 
 from pocketseg_core.anatomy import structure_for_task
 from pocketseg_core.errors import BundleError, PocketSegError
-from pocketseg_core.preprocessing import ANCHOR_KEYS
 
 BUNDLE_FORMAT_VERSION = 1
 CONFIG_FILE = "bundle.json"
@@ -54,6 +53,10 @@ MAX_ONNX_BYTES = 2**30
 MODALITIES = ("MR", "CT")
 WINDOW_MODES = ("patch3d", "slab", "slice2d")
 PREPROCESSING_KINDS = ("mr_zscore", "ct_window")
+#: keys of an MR bundle's optional ``preprocessing.anchor`` (read by
+#: :class:`pocketseg_core.preprocessing.IntensityAnchor`; kept here so that reading a bundle
+#: imports neither numpy nor SimpleITK)
+ANCHOR_KEYS = ("label", "median", "iqr", "median_tolerance", "iqr_ratio_tolerance")
 POSTPROCESSING_KEYS = frozenset({"cut_bridges_mm", "fill_holes", "cut_below_waist"})
 FILL_HOLES_MODES = ("3d", "slices")
 

@@ -62,10 +62,6 @@ def mr_zscore(volume: np.ndarray) -> np.ndarray:
     return ((clipped - mean) / max(std, 1e-6)).astype(np.float32)
 
 
-#: keys of a bundle's ``preprocessing.anchor`` (see :func:`anchor_renormalised`)
-ANCHOR_KEYS = ("label", "median", "iqr", "median_tolerance", "iqr_ratio_tolerance")
-
-
 @dataclass(frozen=True)
 class IntensityAnchor:
     """Where a structure's normalised intensities sat in the training heads, and how far a new

@@ -261,3 +261,21 @@ def test_task_alias_prefers_the_shipped_model_over_a_users(tmp_path, bundle_path
     registered = register_bundle(bundle_path)  # a user's model of the same task
     assert resolve_bundle("skullstrip") == shipped  # the button keeps its shipped model
     assert resolve_bundle("tiny-skullstrip") == registered  # the user's is chosen by name
+
+
+def test_reading_bundles_imports_neither_numpy_nor_simpleitk():
+    """The catalog and bundle configs are read at every start of the CLI and the Slicer panels:
+    the anchor's keys live in bundles.py so that this stays free of the imaging libraries."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pocketseg_core.bundles import SHIPPED_CATALOG, list_bundles, read_config; "
+        "list_bundles(); read_config(SHIPPED_CATALOG.parent / 'skullstrip'); "
+        "print(sorted({'numpy', 'SimpleITK', 'torch'} & set(sys.modules)))"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    output = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert output.stdout.strip() == "[]"

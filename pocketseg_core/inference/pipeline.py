@@ -160,8 +160,8 @@ def segment_image(
     def network_progress(fraction: float, message: str) -> None:
         report(_PREPROCESS_END + (_WINDOWS_END - _PREPROCESS_END) * fraction, message)
 
-    anchor = config.preprocessing.get("anchor")
-    first_pass_end = 0.5 if anchor else 1.0  # of the network's share: room for a second pass
+    anchor_config = config.preprocessing.get("anchor")
+    first_pass_end = 0.5 if anchor_config else 1.0  # of the network's share: room for a second pass
 
     def run_network(volume: np.ndarray, start: float, end: float) -> tuple[np.ndarray, Any]:
         def pass_progress(fraction: float, message: str) -> None:
@@ -173,8 +173,8 @@ def segment_image(
 
     tick = time.perf_counter()
     probabilities, used_device = run_network(grid.volume, 0.0, first_pass_end)
-    if anchor:
-        anchor = IntensityAnchor.from_config(anchor)
+    if anchor_config:
+        anchor = IntensityAnchor.from_config(anchor_config)
         structure = next((label.name for label in config.labels if label.value == anchor.label), "structure")
         probabilities = _anchored_second_pass(
             probabilities, grid.volume, anchor, structure.lower(), messages, run_network, first_pass_end

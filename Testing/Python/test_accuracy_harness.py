@@ -230,17 +230,26 @@ def test_csf_recipe_starts_from_the_shipped_weights_and_uses_no_consensus_label(
         assert recipe.init_from["weights_sha256"] == shipped["weights_sha256"]
 
 
-def test_scalp_contrast_recipe_is_the_packaged_recipe_with_one_stage_from_the_shipped_weights():
-    """The measured wide-scalp variant: the packaged skull-strip recipe (same heads, synthesis,
-    augmentation, clean-up) whose only stage continues the shipped 1.4 weights on whole heads,
-    half of whose synthetic scalps are drawn dark to bright."""
+@pytest.mark.parametrize(
+    ("name", "synthesis", "patch_size_zyx", "spacing"),
+    [
+        ("skullstrip_scalp_contrast", {"face_and_neck": 2, "scalp_contrast": 0.5}, [112, 128, 128], 2.0),
+        ("skullstrip_grid_1p5", {"face_and_neck": 2}, [144, 160, 128], 1.5),
+    ],
+)
+def test_one_stage_variant_is_the_packaged_recipe_with_one_stage_from_the_shipped_weights(
+    name, synthesis, patch_size_zyx, spacing
+):
+    """The measured variants (a wide scalp contrast; a 1.5 mm working grid): the packaged
+    skull-strip recipe (same heads, synthesis, augmentation, clean-up) whose only stage continues
+    the shipped 1.4 weights on whole heads, with a Swiss fold from the default recipe's run loo_swiss."""
     import json
 
     from benchmarks.accuracy import REPOSITORY
     from pocketseg_core.bundles import SHIPPED_CATALOG
     from pocketseg_core.training.recipes import load_recipe
 
-    path = REPOSITORY / "benchmarks" / "recipes" / "skullstrip_scalp_contrast.json"
+    path = REPOSITORY / "benchmarks" / "recipes" / f"{name}.json"
     load_recipe(path)  # a valid recipe
     variant = json.loads(path.read_text(encoding="utf-8"))
     packaged = json.loads(
@@ -249,8 +258,9 @@ def test_scalp_contrast_recipe_is_the_packaged_recipe_with_one_stage_from_the_sh
         )
     )
     (stage,) = variant.pop("stages")
-    assert stage["synthesis"] == {"face_and_neck": 2, "scalp_contrast": 0.5}
-    assert stage["patch_size_zyx"] == [112, 128, 128] and stage["optimizer"] == {"lr": 0.0003}
+    assert stage["synthesis"] == synthesis
+    assert stage["patch_size_zyx"] == patch_size_zyx and stage["optimizer"] == {"lr": 0.0003}
+    assert variant.pop("spacing") == [spacing] * 3 and packaged.pop("spacing") == [2.0] * 3
     catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
     shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
     init_from = variant.pop("init_from")
@@ -259,8 +269,8 @@ def test_scalp_contrast_recipe_is_the_packaged_recipe_with_one_stage_from_the_sh
         assert init_from["weights_sha256"] == shipped["weights_sha256"]
     assert variant.pop("runs") == {"loo_robex": ["robex"]}
     # its Swiss fold: the same stage from the default recipe's run loo_swiss (never saw the Swiss head)
-    swiss = json.loads(path.with_name("skullstrip_scalp_contrast_loo_swiss.json").read_text(encoding="utf-8"))
-    assert swiss.pop("stages") == [stage]
+    swiss = json.loads(path.with_name(f"{name}_loo_swiss.json").read_text(encoding="utf-8"))
+    assert swiss.pop("stages") == [stage] and swiss.pop("spacing") == [spacing] * 3
     assert swiss.pop("init_from")["bundle"] == "bundles/skullstrip-1.4.0-loo_swiss"
     assert swiss.pop("runs") == {"loo_swiss": ["swiss"]} and swiss.pop("shipped_run") == "loo_swiss"
     for recipe in (variant, packaged, swiss):

@@ -279,6 +279,46 @@ def test_one_stage_variant_is_the_packaged_recipe_with_one_stage_from_the_shippe
     assert variant == packaged == swiss
 
 
+def test_fit_one_head_diagnostic_fits_the_shipped_weights_to_one_real_head_per_run():
+    """The diagnostic of docs/accuracy.md ("Can the network hold one head's mask?"): the packaged
+    recipe's network, grid, augmentation and clean-up, one stage from the shipped 1.4 weights on
+    one real head per run and no synthetic heads."""
+    import json
+
+    from benchmarks.accuracy import REPOSITORY
+    from pocketseg_core.bundles import SHIPPED_CATALOG
+    from pocketseg_core.training.recipes import load_recipe
+
+    path = REPOSITORY / "benchmarks" / "recipes" / "skullstrip_fit_one_head.json"
+    recipe = load_recipe(path)
+    fit = json.loads(path.read_text(encoding="utf-8"))
+    packaged = json.loads(
+        (REPOSITORY / "pocketseg_core" / "training" / "recipes" / "skullstrip.json").read_text(
+            encoding="utf-8"
+        )
+    )
+    labels = {s["case"]: s["label"] for s in fit.pop("sources")}
+    assert labels == {
+        "robex": "brain/robex_atlas_brainmask.nii.gz",
+        "siemens_xa30_2mm": "consensus/siemens_xa30_2mm_consensus.nii.gz",
+    }
+    # each run holds the other head out, so it trains on exactly one
+    assert fit.pop("runs") == {"fit_robex": ["siemens_xa30_2mm"], "fit_siemens": ["robex"]}
+    assert not recipe.synthesis and "synthesis" not in fit  # no synthetic heads
+    (stage,) = fit.pop("stages")
+    assert "synthesis" not in stage and stage["epochs"] == 3 and stage["optimizer"] == {"lr": 0.0003}
+    init_from = fit.pop("init_from")
+    assert init_from["bundle"] == "bundles/skullstrip-1.4.0"
+    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
+    shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
+    if shipped["version"].startswith("1.4."):  # while the 1.4 weights are shipped
+        assert init_from["weights_sha256"] == shipped["weights_sha256"]
+    for recipe_dict in (fit, packaged):
+        for key in ("sources", "synthesis", "stages", "runs", "version", "description", "shipped_run"):
+            recipe_dict.pop(key, None)
+    assert fit == packaged
+
+
 @pytest.mark.parametrize("fold", ["a", "b"])
 def test_real_heads_csf_recipes_are_the_whole_head_folds_plus_the_csf(fold):
     """The measured variant differs from the whole-head fold recipe only by its stage's name,

@@ -280,7 +280,7 @@ def test_one_stage_variant_is_the_packaged_recipe_with_one_stage_from_the_shippe
 
 
 def test_fit_one_head_diagnostic_fits_the_shipped_weights_to_one_real_head_per_run():
-    """The diagnostic of docs/accuracy.md ("Can the network hold one head's mask?"): the packaged
+    """The diagnostic of docs/accuracy.md ("Can the network hold one head's mask at all?"): the packaged
     recipe's network, grid, augmentation and clean-up, one stage from the shipped 1.4 weights on
     one real head per run and no synthetic heads."""
     import json

@@ -35,6 +35,26 @@ def ball(
     return image
 
 
+def shipped_skullstrip_entry() -> dict:
+    """The shipped model catalog's entry of the default skull strip."""
+    import json
+
+    from pocketseg_core.bundles import SHIPPED_CATALOG
+
+    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
+    return next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
+
+
+def packaged_skullstrip_recipe() -> dict:
+    """The packaged skull-strip recipe, as its JSON reads."""
+    import json
+
+    from benchmarks.accuracy import REPOSITORY
+
+    path = REPOSITORY / "pocketseg_core" / "training" / "recipes" / "skullstrip.json"
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def test_consensus_is_the_voxelwise_majority():
     a = sitk.GetImageFromArray(np.array([[[1, 1, 0, 0, 1]]], dtype=np.uint8))
     b = sitk.GetImageFromArray(np.array([[[1, 0, 1, 0, 0]]], dtype=np.uint8))
@@ -188,11 +208,9 @@ def test_consensus_labels_refuse_a_missing_peer_mask_and_the_repository(tmp_path
 
 
 def test_real_heads_recipe_trains_on_the_consensus_labels_and_holds_every_new_head_out_once():
-    import json
 
     from benchmarks.accuracy import REPOSITORY
     from benchmarks.consensus_labels import DEFAULT_HEADS, label_path
-    from pocketseg_core.bundles import SHIPPED_CATALOG
     from pocketseg_core.training.recipes import load_recipe
 
     recipe = load_recipe(REPOSITORY / "benchmarks" / "recipes" / "skullstrip_real_heads.json")
@@ -203,18 +221,15 @@ def test_real_heads_recipe_trains_on_the_consensus_labels_and_holds_every_new_he
     held_out = [case for run in ("fold_a", "fold_b") for case in recipe.runs[run]]
     assert sorted(held_out) == sorted([*DEFAULT_HEADS, "swiss"]) and recipe.runs["all"] == []
     # it starts from skull strip 1.3.0's weights (the shipped model while 1.3.0 is shipped)
-    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
-    shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
+    shipped = shipped_skullstrip_entry()
     if shipped["version"] == "1.3.0":
         assert recipe.init_from["weights_sha256"] == shipped["weights_sha256"]
     assert recipe.init_from["bundle"] == "bundles/pocketnet-skullstrip-1.3.0"
 
 
 def test_csf_recipe_starts_from_the_shipped_weights_and_uses_no_consensus_label():
-    import json
 
     from benchmarks.accuracy import REPOSITORY
-    from pocketseg_core.bundles import SHIPPED_CATALOG
     from pocketseg_core.training.recipes import load_recipe
 
     recipe = load_recipe(REPOSITORY / "benchmarks" / "recipes" / "skullstrip_csf_half.json")
@@ -224,8 +239,7 @@ def test_csf_recipe_starts_from_the_shipped_weights_and_uses_no_consensus_label(
     assert recipe.runs == {"loo_robex": ["robex"]}
     stage = recipe.stage(0)
     assert stage.synthesis["csf_in_mask"] == 0.5 and stage.synthesis["face_and_neck"] == 2
-    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
-    shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
+    shipped = shipped_skullstrip_entry()
     if shipped["version"].startswith("1.4."):  # the 1.4 weights (1.4.1: the same, with the anchor)
         assert recipe.init_from["weights_sha256"] == shipped["weights_sha256"]
 
@@ -246,23 +260,17 @@ def test_one_stage_variant_is_the_packaged_recipe_with_one_stage_from_the_shippe
     import json
 
     from benchmarks.accuracy import REPOSITORY
-    from pocketseg_core.bundles import SHIPPED_CATALOG
     from pocketseg_core.training.recipes import load_recipe
 
     path = REPOSITORY / "benchmarks" / "recipes" / f"{name}.json"
     load_recipe(path)  # a valid recipe
     variant = json.loads(path.read_text(encoding="utf-8"))
-    packaged = json.loads(
-        (REPOSITORY / "pocketseg_core" / "training" / "recipes" / "skullstrip.json").read_text(
-            encoding="utf-8"
-        )
-    )
+    packaged = packaged_skullstrip_recipe()
     (stage,) = variant.pop("stages")
     assert stage["synthesis"] == synthesis
     assert stage["patch_size_zyx"] == patch_size_zyx and stage["optimizer"] == {"lr": 0.0003}
     assert variant.pop("spacing") == [spacing] * 3 and packaged.pop("spacing") == [2.0] * 3
-    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
-    shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
+    shipped = shipped_skullstrip_entry()
     init_from = variant.pop("init_from")
     assert init_from["bundle"] == "bundles/skullstrip-1.4.0"
     if shipped["version"].startswith("1.4."):  # while the 1.4 weights are shipped
@@ -286,17 +294,12 @@ def test_fit_one_head_diagnostic_fits_the_shipped_weights_to_one_real_head_per_r
     import json
 
     from benchmarks.accuracy import REPOSITORY
-    from pocketseg_core.bundles import SHIPPED_CATALOG
     from pocketseg_core.training.recipes import load_recipe
 
     path = REPOSITORY / "benchmarks" / "recipes" / "skullstrip_fit_one_head.json"
     recipe = load_recipe(path)
     fit = json.loads(path.read_text(encoding="utf-8"))
-    packaged = json.loads(
-        (REPOSITORY / "pocketseg_core" / "training" / "recipes" / "skullstrip.json").read_text(
-            encoding="utf-8"
-        )
-    )
+    packaged = packaged_skullstrip_recipe()
     labels = {s["case"]: s["label"] for s in fit.pop("sources")}
     assert labels == {
         "robex": "brain/robex_atlas_brainmask.nii.gz",
@@ -309,8 +312,7 @@ def test_fit_one_head_diagnostic_fits_the_shipped_weights_to_one_real_head_per_r
     assert "synthesis" not in stage and stage["epochs"] == 3 and stage["optimizer"] == {"lr": 0.0003}
     init_from = fit.pop("init_from")
     assert init_from["bundle"] == "bundles/skullstrip-1.4.0"
-    catalog = json.loads(SHIPPED_CATALOG.read_text(encoding="utf-8"))
-    shipped = next(e for e in catalog["bundles"] if e["task"] == "skullstrip")
+    shipped = shipped_skullstrip_entry()
     if shipped["version"].startswith("1.4."):  # while the 1.4 weights are shipped
         assert init_from["weights_sha256"] == shipped["weights_sha256"]
     for recipe_dict in (fit, packaged):
@@ -353,7 +355,7 @@ def test_twelve_map_real_heads_recipes_are_the_packaged_recipe_wider_plus_the_cs
     def read(path):
         return json.loads(path.read_text(encoding="utf-8"))
 
-    packaged = read(REPOSITORY / "pocketseg_core" / "training" / "recipes" / "skullstrip.json")
+    packaged = packaged_skullstrip_recipe()
     wide = read(folder / "skullstrip_12_maps_real_heads_csf.json")
     csf_b = read(folder / "skullstrip_real_heads_csf_fold_b.json")
     fold_b = read(folder / "skullstrip_12_maps_real_heads_csf_fold_b.json")
